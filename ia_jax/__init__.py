@@ -1,0 +1,1 @@
+"""ia-jax: introspection adapters in pure JAX."""
