@@ -1,0 +1,108 @@
+"""The decoder must reproduce transformers' logits for every supported family and shape."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_reference import REFERENCE_CONFIGS, VOCAB, relative_max_error, torch_logits
+
+from ia_jax import models
+
+# Longer than original_max_position_embeddings (8) of the llama3-scaled config, so scaled bands matter.
+SEQ = 24
+# bfloat16 keeps 8 mantissa bits; over a few layers the logits drift by about 1% of their range.
+BF16_RELATIVE_TOLERANCE = 3e-2
+
+
+def _tokens(batch=2, seq=SEQ, seed=0):
+    return np.random.RandomState(seed).randint(0, VOCAB, (batch, seq)).astype(np.int32)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CONFIGS))
+def test_logits_match_transformers(reference_checkpoint, name):
+    path, torch_model = reference_checkpoint(name)
+    tokens = _tokens()
+    model = models.load_hf(path)
+    logits = model(tokens)
+    assert logits.shape == (2, SEQ, VOCAB) and logits.dtype == jnp.float32
+    assert relative_max_error(logits, torch_logits(torch_model, tokens)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3rope", "qwen3_gqa_tied"])
+def test_left_and_right_padding_match_unpadded(reference_checkpoint, name):
+    path, torch_model = reference_checkpoint(name)
+    model = models.load_hf(path)
+    lengths = [SEQ - 7, SEQ - 2]
+    rows = [_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
+    width = max(lengths) + 3
+    right = np.zeros((2, width), np.int32)
+    left = np.zeros((2, width), np.int32)
+    right_mask = np.zeros((2, width), np.int32)
+    left_mask = np.zeros((2, width), np.int32)
+    for i, row in enumerate(rows):
+        right[i, : len(row)], right_mask[i, : len(row)] = row, 1
+        left[i, width - len(row):], left_mask[i, width - len(row):] = row, 1
+    right_logits = np.asarray(model(right, attention_mask_bt=right_mask))
+    left_logits = np.asarray(model(left, attention_mask_bt=left_mask))
+    for i, row in enumerate(rows):
+        expected = torch_logits(torch_model, row[None])[0]
+        assert relative_max_error(right_logits[i, : len(row)], expected) < 1e-4
+        assert relative_max_error(left_logits[i, width - len(row):], expected) < 1e-4
+
+
+def test_explicit_positions_override_mask_positions(reference_checkpoint):
+    path, torch_model = reference_checkpoint("llama_gqa_llama3rope")
+    model = models.load_hf(path)
+    tokens = _tokens(1)
+    # RoPE only sees relative positions, so a gap (not a shift) is what must change the logits.
+    gapped = np.concatenate([np.arange(SEQ // 2), np.arange(SEQ // 2) + 40]).astype(np.int32)[None]
+    ours = model(tokens, positions_bt=gapped)
+    import torch
+
+    with torch.no_grad():
+        expected = torch_model(torch.tensor(tokens), position_ids=torch.tensor(gapped, dtype=torch.long)).logits
+    assert relative_max_error(ours, expected.numpy()) < 1e-4
+    assert relative_max_error(model(tokens), expected.numpy()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3rope", "qwen3_gqa_tied"])
+def test_bfloat16_compute_within_documented_tolerance(reference_checkpoint, name):
+    path, torch_model = reference_checkpoint(name)
+    tokens = _tokens()
+    expected = torch_logits(torch_model, tokens)
+    model = models.load_hf(path, dtype="bfloat16", param_dtype="bfloat16")
+    assert model.model.layers.mlp.up_proj.kernel.dtype == jnp.bfloat16
+    logits = model(tokens)
+    assert logits.dtype == jnp.float32
+    error = relative_max_error(logits, expected)
+    assert 1e-5 < error < BF16_RELATIVE_TOLERANCE  # the lower bound proves bfloat16 really ran
+
+
+def test_rematerialised_layers_give_the_same_logits_and_gradients(reference_checkpoint):
+    from flax import nnx
+
+    path, _ = reference_checkpoint("qwen3_gqa_tied")
+    model = models.load_hf(path)
+    tokens = _tokens()
+    graphdef, state = nnx.split(model)
+
+    def loss(state, remat):
+        m = nnx.merge(graphdef, state)
+        m.remat = remat
+        return jnp.mean(m(tokens) ** 2)
+
+    plain_loss, plain_grads = jax.value_and_grad(loss)(state, False)
+    remat_loss, remat_grads = jax.value_and_grad(loss)(state, True)
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(remat_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_from_scratch_model_runs_under_jit():
+    from flax import nnx
+
+    config = models.ModelConfig(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    model = models.CausalLM(config, rngs=nnx.Rngs(0))
+    logits = nnx.jit(lambda m, t: m(t))(model, _tokens())
+    assert logits.shape == (2, SEQ, VOCAB) and np.all(np.isfinite(logits))
