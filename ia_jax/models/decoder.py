@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ia_jax.lora.adapter import LoraAdapter, check_fits, check_ids
+from ia_jax.lora.apply import LayerLora, lora_delta
 from ia_jax.models import rope
 from ia_jax.models.config import ModelConfig
 
@@ -31,9 +33,10 @@ def _normal(rngs: nnx.Rngs, shape, dtype, axes, **metadata) -> nnx.Param:
 class Projection(nnx.Module):
     """A dense layer written as a named einsum, kernel laid out `[in..., out...]`."""
 
-    def __init__(self, equation, in_shape, out_shape, in_axes, out_axes, *, bias, stack, config, rngs):
+    def __init__(self, equation, in_shape, out_shape, in_axes, out_axes, *, bias, stack, config, rngs, target=None):
         prefix_axes = ("layers",) * len(stack)
         self.equation = equation
+        self.target = target  # LoRA target name ("q", ..., "down"); None for the LM head
         self.dtype = config.compute_dtype
         # `in_ndim`: how many kernel axes (after `layers`) are inputs; checkpoint conversion and LoRA need it.
         self.kernel = _normal(
@@ -49,11 +52,12 @@ class Projection(nnx.Module):
             else None
         )
 
-    def __call__(self, x):
+    def __call__(self, x, loras=()):
         y = jnp.einsum(self.equation, x, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y
+        delta = lora_delta(self.equation, self.target, x, loras) if loras else None
+        return y if delta is None else y + delta
 
 
 class RMSNorm(nnx.Module):
@@ -78,13 +82,13 @@ class Attention(nnx.Module):
         d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         common = dict(stack=stack, config=config, rngs=rngs)
         self.q_proj = Projection("btd,dnh->btnh", (d,), (n, h), ("embed",), ("heads", "head_dim"),
-                                 bias=config.qkv_bias, **common)
+                                 bias=config.qkv_bias, target="q", **common)
         self.k_proj = Projection("btd,dkh->btkh", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"),
-                                 bias=config.qkv_bias, **common)
+                                 bias=config.qkv_bias, target="k", **common)
         self.v_proj = Projection("btd,dkh->btkh", (d,), (k, h), ("embed",), ("kv_heads", "head_dim"),
-                                 bias=config.qkv_bias, **common)
+                                 bias=config.qkv_bias, target="v", **common)
         self.o_proj = Projection("btnh,nhd->btd", (n, h), (d,), ("heads", "head_dim"), ("embed",),
-                                 bias=config.o_bias, **common)
+                                 bias=config.o_bias, target="o", **common)
         if config.qk_norm:
             self.q_norm = RMSNorm(h, "head_dim", eps=config.rms_norm_eps, stack=stack, config=config)
             self.k_norm = RMSNorm(h, "head_dim", eps=config.rms_norm_eps, stack=stack, config=config)
@@ -93,10 +97,10 @@ class Attention(nnx.Module):
         self.num_kv_heads = k
         self.scale = h**-0.5
 
-    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts):
-        q_btnh = self.q_proj(x_btd)
-        k_btkh = self.k_proj(x_btd)
-        v_btkh = self.v_proj(x_btd)
+    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=()):
+        q_btnh = self.q_proj(x_btd, loras)
+        k_btkh = self.k_proj(x_btd, loras)
+        v_btkh = self.v_proj(x_btd, loras)
         if self.q_norm is not None:
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
         q_btnh = rope.apply_rope(q_btnh, cos_bth, sin_bth)
@@ -107,19 +111,20 @@ class Attention(nnx.Module):
         scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts * self.scale, jnp.finfo(jnp.float32).min)
         probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
         out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_btkh)
-        return self.o_proj(out_btkgh.reshape(b, t, n, h))
+        return self.o_proj(out_btkgh.reshape(b, t, n, h), loras)
 
 
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, stack, rngs):
         d, f = config.hidden_size, config.intermediate_size
         common = dict(bias=config.mlp_bias, stack=stack, config=config, rngs=rngs)
-        self.gate_proj = Projection("btd,df->btf", (d,), (f,), ("embed",), ("mlp",), **common)
-        self.up_proj = Projection("btd,df->btf", (d,), (f,), ("embed",), ("mlp",), **common)
-        self.down_proj = Projection("btf,fd->btd", (f,), (d,), ("mlp",), ("embed",), **common)
+        self.gate_proj = Projection("btd,df->btf", (d,), (f,), ("embed",), ("mlp",), target="gate", **common)
+        self.up_proj = Projection("btd,df->btf", (d,), (f,), ("embed",), ("mlp",), target="up", **common)
+        self.down_proj = Projection("btf,fd->btd", (f,), (d,), ("mlp",), ("embed",), target="down", **common)
 
-    def __call__(self, x_btd):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x_btd)) * self.up_proj(x_btd))
+    def __call__(self, x_btd, loras=()):
+        hidden_btf = jax.nn.silu(self.gate_proj(x_btd, loras)) * self.up_proj(x_btd, loras)
+        return self.down_proj(hidden_btf, loras)
 
 
 class DecoderLayer(nnx.Module):
@@ -132,9 +137,9 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, "norm", **norm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, "norm", **norm)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts):
-        x_btd = x_btd + self.self_attn(self.input_layernorm(x_btd), cos_bth, sin_bth, visible_bts)
-        return x_btd + self.mlp(self.post_attention_layernorm(x_btd))
+    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=()):
+        x_btd = x_btd + self.self_attn(self.input_layernorm(x_btd), cos_bth, sin_bth, visible_bts, loras)
+        return x_btd + self.mlp(self.post_attention_layernorm(x_btd), loras)
 
 
 class Embedding(nnx.Module):
@@ -162,16 +167,23 @@ class CausalLM(nnx.Module):
                                       ("vocab",), bias=False, stack=(), config=config, rngs=rngs)
         self.remat = False
 
-    def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None):
-        """Causal attention over real tokens only.
+    def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None):
+        """Causal attention over real tokens only, with any number of LoRA adapters composed.
 
         `attention_mask_bt` (1 = real token, 0 = padding) hides padding keys. Positions default to the
         count of real tokens before each token, so a left-padded, right-padded or unpadded sequence
         gets the same logits on its real tokens; pass `positions_bt` to override.
+
+        `adapters` is a sequence of `(LoraAdapter, ids_b)`: `ids_b` picks each example's slot of a
+        stacked adapter (-1 = none) and is None for a shared adapter. LoRA dropout runs only when
+        `dropout_rng` is given (training).
         """
         config = self.config
         tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
         b, t = tokens_bt.shape
+        adapters = tuple(adapters)
+        for i, (adapter, ids_b) in enumerate(adapters):
+            _check_adapter_call(adapter, ids_b, config, b, name=f"adapters[{i}]")
         if attention_mask_bt is None:
             real_bt = jnp.ones((b, t), jnp.bool_)
         else:
@@ -188,14 +200,24 @@ class CausalLM(nnx.Module):
         x_btd = jnp.take(embedding_vd, tokens_bt, axis=0).astype(config.compute_dtype)
 
         layer_def, layer_state = nnx.split(self.model.layers)
+        adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
 
-        def layer_step(x_btd, one_layer_state):
+        def layer_step(x_btd, layer_inputs):
+            one_layer_state, one_layer_adapters, layer_index = layer_inputs
+            loras = []
+            for i, ((adapter, ids_b), weights) in enumerate(zip(adapters, one_layer_adapters)):
+                rng = None
+                if dropout_rng is not None and adapter.config.dropout > 0:
+                    rng = jax.random.fold_in(jax.random.fold_in(dropout_rng, i), layer_index)
+                loras.append(LayerLora(weights, None if ids_b is None else jnp.asarray(ids_b, jnp.int32),
+                                       adapter.config.scale, adapter.config.dropout, rng))
             layer = nnx.merge(layer_def, one_layer_state)
-            return layer(x_btd, cos_bth, sin_bth, visible_bts), None
+            return layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras)), None
 
         if self.remat:
             layer_step = jax.checkpoint(layer_step)
-        x_btd, _ = jax.lax.scan(layer_step, x_btd, layer_state)
+        layer_indices = jnp.arange(config.num_layers, dtype=jnp.int32)
+        x_btd, _ = jax.lax.scan(layer_step, x_btd, (layer_state, adapter_weights, layer_indices))
         x_btd = self.model.norm(x_btd)
 
         if self.lm_head is None:
@@ -205,3 +227,17 @@ class CausalLM(nnx.Module):
         return jnp.einsum(
             "btd,dv->btv", x_btd, head_dv.astype(config.compute_dtype), preferred_element_type=jnp.float32
         )
+
+
+def _check_adapter_call(adapter, ids_b, config: ModelConfig, batch: int, name: str) -> None:
+    if not isinstance(adapter, LoraAdapter):
+        raise TypeError(f"{name}: expected (LoraAdapter, ids_b), got {type(adapter).__name__}")
+    check_fits(adapter, config, name)
+    if adapter.stacked:
+        if ids_b is None:
+            raise ValueError(f"{name}: a stacked adapter of {adapter.num_slots} slots needs per-example ids")
+        if jnp.shape(ids_b) != (batch,):
+            raise ValueError(f"{name}: ids have shape {list(jnp.shape(ids_b))}, expected [{batch}] (one per example)")
+        check_ids(ids_b, adapter.num_slots, name)
+    elif ids_b is not None:
+        raise ValueError(f"{name}: a shared adapter takes ids None, not per-example ids")

@@ -1,0 +1,119 @@
+"""Composed adapters must equal the base with the same adapters merged, row by row."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ia_jax import lora, models
+
+CONFIG = models.ModelConfig(model_type="qwen3", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
+                            num_heads=4, num_kv_heads=2, head_dim=12, qk_norm=True)
+TOKENS = np.random.RandomState(0).randint(0, 61, (5, 11)).astype(np.int32)
+
+
+@nnx.jit
+def forward(model, tokens, adapters=(), dropout_rng=None):
+    return model(tokens, adapters=adapters, dropout_rng=dropout_rng)
+
+
+def _randomised(adapter, seed):
+    """Nonzero lora_b, so every adapter changes the logits."""
+    rng = np.random.default_rng(seed)
+    return adapter.replace(weights=jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape, np.float32),
+                                                adapter.weights))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = models.CausalLM(CONFIG, rngs=nnx.Rngs(0))
+    stack_config = lora.LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "down"))
+    ia_config = lora.LoraConfig(rank=2, alpha=3.0)
+    organisms = _randomised(lora.init_adapter(CONFIG, stack_config, jax.random.key(1), num_slots=3), 2)
+    ia = _randomised(lora.init_adapter(CONFIG, ia_config, jax.random.key(3)), 4)
+    return model, organisms, ia
+
+
+def test_new_adapter_is_the_identity(setup):
+    model, _, _ = setup
+    fresh = lora.init_adapter(CONFIG, lora.LoraConfig(rank=2, alpha=3.0), jax.random.key(0))
+    np.testing.assert_array_equal(forward(model, TOKENS, [(fresh, None)]), forward(model, TOKENS))
+
+
+def test_stacked_rows_equal_merged_slots_and_minus_one_is_the_base(setup):
+    model, organisms, _ = setup
+    ids = np.array([2, -1, 0, 1, 2], np.int32)
+    composed = np.asarray(forward(model, TOKENS, [(organisms, ids)]))
+    base = np.asarray(forward(model, TOKENS))
+    for row, slot in enumerate(ids):
+        expected = base[row] if slot < 0 else np.asarray(forward(lora.merge(model, organisms, int(slot)), TOKENS))[row]
+        np.testing.assert_allclose(composed[row], expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(composed[0] - base[0]).max() > 1e-2  # the adapter really does something
+
+
+def test_stacked_then_shared_equals_both_merged(setup):
+    model, organisms, ia = setup
+    ids = np.array([1, 0, -1, 2, 1], np.int32)
+    composed = np.asarray(forward(model, TOKENS, [(organisms, ids), (ia, None)]))
+    ia_only = np.asarray(forward(lora.merge(model, ia), TOKENS))
+    for row, slot in enumerate(ids):
+        if slot < 0:
+            expected = ia_only[row]
+        else:
+            merged = lora.merge(lora.merge(model, organisms, int(slot)), ia)
+            expected = np.asarray(forward(merged, TOKENS))[row]
+        np.testing.assert_allclose(composed[row], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_leaves_the_model_alone_and_unmerge_restores_it(setup):
+    model, organisms, _ = setup
+    before = np.asarray(model.model.layers.self_attn.q_proj.kernel.get_value())
+    merged = lora.merge(model, organisms, 1)
+    assert not np.allclose(merged.model.layers.self_attn.q_proj.kernel.get_value(), before)
+    np.testing.assert_array_equal(model.model.layers.self_attn.q_proj.kernel.get_value(), before)
+    restored = lora.unmerge(merged, organisms, 1)
+    np.testing.assert_allclose(forward(restored, TOKENS), forward(model, TOKENS), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_with_an_rng_and_then_deterministic(setup):
+    model, _, ia = setup
+    ia = ia.replace(config=lora.LoraConfig(rank=2, alpha=3.0, dropout=0.5))
+    plain = forward(model, TOKENS, [(ia, None)])
+    dropped = forward(model, TOKENS, [(ia, None)], jax.random.key(7))
+    again = forward(model, TOKENS, [(ia, None)], jax.random.key(7))
+    assert np.abs(np.asarray(dropped) - np.asarray(plain)).max() > 1e-3
+    np.testing.assert_array_equal(dropped, again)
+
+
+def test_adapter_for_another_base_is_refused_by_name(setup):
+    model, _, _ = setup
+    other = models.ModelConfig(**{**CONFIG.__dict__, "hidden_size": 48})
+    wrong = lora.init_adapter(other, lora.LoraConfig(targets=("up",)), jax.random.key(0))
+    with pytest.raises(lora.AdapterError, match=r"adapters\[0\]: up\.lora_a has shape \[2, 48, 16\], "
+                                                r"but the base model needs \[2, 32, 16\]"):
+        model(TOKENS, adapters=[(wrong, None)])
+
+
+def test_ids_outside_the_stack_are_refused(setup):
+    model, organisms, _ = setup
+    with pytest.raises(lora.AdapterError, match=r"ids \[3\] are outside the stack of 3 adapters"):
+        model(TOKENS, adapters=[(organisms, np.array([0, 1, 2, 3, -1]))])
+    with pytest.raises(ValueError, match=r"ids have shape \[4\], expected \[5\]"):
+        model(TOKENS, adapters=[(organisms, np.array([0, 1, 2, 0]))])
+    with pytest.raises(ValueError, match="needs per-example ids"):
+        model(TOKENS, adapters=[(organisms, None)])
+
+
+def test_unknown_target_and_bad_rank_are_refused():
+    with pytest.raises(lora.AdapterError, match=r"unknown LoRA targets \['qkv'\]"):
+        lora.LoraConfig(targets=("q", "qkv"))
+    with pytest.raises(lora.AdapterError, match="rank must be >= 1"):
+        lora.LoraConfig(rank=0)
+
+
+def test_bfloat16_base_with_float32_adapter(setup):
+    _, organisms, ia = setup
+    bf16 = models.CausalLM(CONFIG.replace(dtype="bfloat16", param_dtype="bfloat16"), rngs=nnx.Rngs(0))
+    out = forward(bf16, TOKENS, [(organisms, np.zeros(5, np.int32)), (ia, None)])
+    assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
