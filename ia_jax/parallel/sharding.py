@@ -19,7 +19,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
+    ("micro_batches", None),
+    ("seq", None),
     ("layers", None),
+    ("adapters", None),
+    ("lora_rank", None),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -78,3 +82,35 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
 
 def named_sharding(logical_axes, shape, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
+
+def tree_shardings(logical_axes_tree, shapes_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedShardings for a pytree, given a matching pytree of logical-axis tuples."""
+    return jax.tree.map(
+        lambda axes, x: named_sharding(axes, x.shape, mesh, rules),
+        logical_axes_tree,
+        shapes_tree,
+        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x),
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def put_global_batch(local_batch, mesh: Mesh, batch_axis: int = 0, rules=LOGICAL_AXIS_RULES):
+    """Host arrays (this process's rows of the global batch) -> global arrays sharded over `batch`.
+
+    On one process this is a sharded device_put; on several, each process passes its own contiguous
+    slice of rows and the result is one global array, the layout `jax.distributed` runs expect.
+    """
+    def put(x):
+        x = np.asarray(x)
+        axes = [None] * x.ndim
+        axes[batch_axis] = "batch"
+        global_shape = list(x.shape)
+        global_shape[batch_axis] *= jax.process_count()
+        sharding = named_sharding(axes, global_shape, mesh, rules)
+        return jax.make_array_from_process_local_data(sharding, x, tuple(global_shape))
+
+    return jax.tree.map(put, local_batch)

@@ -1,0 +1,227 @@
+"""One jitted train step for every stage: the toy base (all weights), organisms (a stacked adapter)
+and the introspection adapter (a shared adapter on top of frozen organisms), under SFT or DPO.
+
+What is trained is chosen by `Composition.trainable`; everything else is frozen and passed in as an
+argument, never captured, so one compiled step serves any organism set of the same shapes. The step
+is a pure function `(state, frozen, batch, rng) -> (state, metrics)` compiled once per batch shape
+with explicit shardings and the train state donated. Gradient accumulation scans micro-batches and
+divides summed losses by the summed weight (tokens or pairs), so it equals one big batch exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from ia_jax.lora.adapter import LoraAdapter, LoraConfig
+from ia_jax.parallel import sharding
+from ia_jax.training import losses
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSlot:
+    """One adapter of the composition: its LoRA config, and slot count if stacked (None = shared)."""
+
+    config: LoraConfig
+    num_slots: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Composition:
+    """Base model structure + the adapters applied on every forward, and which part is trained.
+
+    `trainable` is "base" or the index of the trained adapter in `adapters`. Weights travel as
+    `{"base": pure dict of the base params, "adapters": [adapter weights, ...]}`.
+    """
+
+    graphdef: Any
+    adapters: tuple[AdapterSlot, ...] = ()
+    trainable: str | int = "base"
+    remat: bool = False
+
+    def split(self, weights: dict) -> tuple[Any, dict]:
+        """(trainable params, frozen weights with the trainable part set to None)."""
+        frozen = {"base": weights["base"], "adapters": list(weights["adapters"])}
+        if self.trainable == "base":
+            frozen["base"] = None
+            return weights["base"], frozen
+        frozen["adapters"][self.trainable] = None
+        return weights["adapters"][self.trainable], frozen
+
+    def combine(self, params, frozen: dict) -> dict:
+        weights = {"base": frozen["base"], "adapters": list(frozen["adapters"])}
+        if self.trainable == "base":
+            weights["base"] = params
+        else:
+            weights["adapters"][self.trainable] = params
+        return weights
+
+    def forward(self, weights: dict, tokens_bt, attention_mask_bt, organism_ids_b, dropout_rng=None):
+        """Logits of the composed model; stacked adapters take `organism_ids_b` as their slot ids."""
+        model = nnx.merge(self.graphdef, weights["base"])
+        model.remat = self.remat
+        adapters = [
+            (LoraAdapter(w, slot.config, slot.num_slots), organism_ids_b if slot.num_slots is not None else None)
+            for slot, w in zip(self.adapters, weights["adapters"])
+        ]
+        return model(tokens_bt, attention_mask_bt=attention_mask_bt, adapters=adapters, dropout_rng=dropout_rng)
+
+    def logical_axes(self, weights: dict, base_state) -> dict:
+        """Logical axes for every weight: from the base Params' metadata and each adapter's layout."""
+        base_axes = nnx.to_pure_dict(
+            jax.tree.map(lambda v: v.get_metadata()["logical_axes"], base_state,
+                         is_leaf=lambda v: isinstance(v, nnx.Variable))
+        )
+        adapter_axes = [
+            LoraAdapter(w, slot.config, slot.num_slots).logical_axes()
+            for slot, w in zip(self.adapters, weights["adapters"])
+        ]
+        return {"base": base_axes, "adapters": adapter_axes}
+
+
+# An objective maps (forward, micro-batch) to (loss sum, weight, metric sums); see losses.py.
+Objective = Callable[[Callable, dict], tuple[jax.Array, jax.Array, dict]]
+
+
+def sft_objective(forward, batch):
+    logits = forward(batch["tokens"], batch["attention_mask"], batch["organism_ids"])
+    return losses.sft_sums(logits, batch["tokens"], batch["loss_mask"])
+
+
+def dpo_objective(beta: float, label_smoothing: float = 0.0) -> Objective:
+    """Chosen and rejected run as one forward of 2b rows; reference log-probs come with the batch."""
+
+    def objective(forward, batch):
+        logp_c, logp_r = policy_log_probs(forward, batch)
+        return losses.dpo_sums(logp_c, logp_r, batch["reference_chosen"], batch["reference_rejected"], beta=beta,
+                               label_smoothing=label_smoothing)
+
+    return objective
+
+
+def policy_log_probs(forward, batch):
+    """Summed completion log-probs of chosen and rejected sequences, `[b]` each."""
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
+    attention = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+    completion = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]])
+    ids = jnp.concatenate([batch["organism_ids"], batch["organism_ids"]])
+    logp = losses.sequence_log_probs(forward(tokens, attention, ids), tokens, completion)
+    half = batch["chosen_tokens"].shape[0]
+    return logp[:half], logp[half:]
+
+
+def _present_slots(organism_ids, num_slots):
+    ids = organism_ids.reshape(-1)
+    return jnp.zeros((num_slots,), jnp.bool_).at[jnp.where(ids >= 0, ids, 0)].max(ids >= 0)
+
+
+def make_train_step(composition: Composition, objective: Objective, optimizer: optax.GradientTransformation,
+                    schedule: Callable | None = None):
+    """The pure step. Batch leaves are `[micro_batches, batch, ...]`."""
+    trained_slot = None if composition.trainable == "base" else composition.adapters[composition.trainable]
+
+    def loss_fn(params, frozen, micro_batch, rng):
+        weights = composition.combine(params, frozen)
+
+        def forward(tokens, attention_mask, organism_ids):
+            return composition.forward(weights, tokens, attention_mask, organism_ids, dropout_rng=rng)
+
+        loss_sum, weight, sums = objective(forward, micro_batch)
+        return loss_sum, (weight, sums)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, frozen, batch, rng):
+        step_rng = jax.random.fold_in(rng, state.step)
+
+        def accumulate(carry, inputs):
+            micro_batch, index = inputs
+            (loss_sum, (weight, sums)), grads = grad_fn(state.params, frozen, micro_batch,
+                                                        jax.random.fold_in(step_rng, index))
+            acc_grads, acc_loss, acc_weight, acc_sums = carry
+            return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss_sum, acc_weight + weight,
+                    jax.tree.map(jnp.add, acc_sums, sums)), None
+
+        micro_batches = jax.tree.leaves(batch)[0].shape[0]
+        zero_sums = jax.eval_shape(lambda: loss_fn(state.params, frozen, jax.tree.map(lambda x: x[0], batch),
+                                                   None)[1][1])
+        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
+                jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums))
+        (grads, loss_sum, weight, sums), _ = jax.lax.scan(
+            accumulate, init, (batch, jnp.arange(micro_batches, dtype=jnp.int32)))
+        weight = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / weight, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if trained_slot is not None and trained_slot.num_slots is not None:
+            # Organisms absent from this batch stay exactly as they are (no decay, no momentum drift).
+            present = _present_slots(batch["organism_ids"], trained_slot.num_slots)
+            updates = jax.tree.map(
+                lambda u: u * present.reshape((1, -1) + (1,) * (u.ndim - 2)).astype(u.dtype), updates)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss_sum / weight, **{k: v / weight for k, v in sums.items()},
+                   "grad_norm": optax.tree.norm(grads), "weight": weight}
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+class Trainer:
+    """Compiles the step for a mesh and keeps the shardings; the state itself stays with the caller."""
+
+    def __init__(self, composition: Composition, objective: Objective, optimizer: optax.GradientTransformation,
+                 mesh: Mesh, *, base_state, weights: dict, schedule: Callable | None = None,
+                 rules=sharding.LOGICAL_AXIS_RULES):
+        self.composition = composition
+        self.optimizer = optimizer
+        self.mesh = mesh
+        self.rules = rules
+        axes = composition.logical_axes(weights, base_state)
+        weight_shardings = sharding.tree_shardings(axes, weights, mesh, rules)
+        self.param_shardings, self.frozen_shardings = composition.split(weight_shardings)
+        replicated = sharding.replicated(mesh)
+        abstract_params = jax.eval_shape(lambda: composition.split(weights)[0])
+        abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+        opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, self.param_shardings,
+                                              transform_non_params=lambda _: replicated)
+        self.state_shardings = TrainState(step=replicated, params=self.param_shardings, opt_state=opt_shardings)
+        self._step = jax.jit(
+            make_train_step(composition, objective, optimizer, schedule),
+            in_shardings=(self.state_shardings, self.frozen_shardings, None, replicated),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        self._init_opt = jax.jit(optimizer.init, out_shardings=opt_shardings)
+        self._copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)
+
+    def place(self, weights: dict) -> tuple[TrainState, dict]:
+        """Splits weights into a fresh TrainState and frozen weights, each on its sharding."""
+        params, frozen = self.composition.split(weights)
+        # The state is donated to the step, so it must not share buffers with the caller's arrays
+        # (device_put may reuse one for a replicated shard even with may_alias=False).
+        params = self._copy_params(params)
+        frozen = jax.device_put(frozen, self.frozen_shardings)
+        state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh)),
+                           params=params, opt_state=self._init_opt(params))
+        return state, frozen
+
+    def put_batch(self, local_batch: dict) -> dict:
+        """Host batch `[micro_batches, local_batch, ...]` -> global arrays sharded over the batch axis."""
+        return sharding.put_global_batch(local_batch, self.mesh, batch_axis=1, rules=self.rules)
+
+    def step(self, state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
+        return self._step(state, frozen, batch, rng)
