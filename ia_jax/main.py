@@ -19,10 +19,15 @@ from flax import nnx
 from ml_collections import config_flags
 
 from ia_jax import models, tokenization
+from ia_jax.parallel import distributed
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "smoke.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config (an ml_collections file).")
 _WORKDIR = flags.DEFINE_string("workdir", "./runs/smoke", "Where the tokenizer and model are written.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs off TPU (TPU pods find it alone).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 _CORPUS_WORDS = (
     "the answer is four . please fix the spelling of this sentence . which home is cheapest ? "
@@ -87,6 +92,7 @@ def run(config, workdir: str) -> dict:
 
 def main(argv):
     del argv
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from ia_jax.lora.adapter import LoraAdapter, check_fits, check_ids
 from ia_jax.lora.apply import LayerLora, lora_delta
 from ia_jax.models import rope
 from ia_jax.models.config import ModelConfig
+from ia_jax.parallel.sharding import logical_to_spec
 
 _INIT_STDDEV = 0.02  # transformers' initializer_range default, so from-scratch models start alike.
 
@@ -166,6 +168,9 @@ class CausalLM(nnx.Module):
             self.lm_head = Projection("btd,dv->btv", (config.hidden_size,), (config.vocab_size,), ("embed",),
                                       ("vocab",), bias=False, stack=(), config=config, rngs=rngs)
         self.remat = False
+        # (mesh, rules) when running sharded: the residual stream is then pinned to the `batch` layout
+        # between layers, so XLA never has to guess (and reshuffle) activation layouts.
+        self.activation_mesh = None
 
     def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None):
         """Causal attention over real tokens only, with any number of LoRA adapters composed.
@@ -197,7 +202,7 @@ class CausalLM(nnx.Module):
         )
 
         embedding_vd = self.model.embed_tokens.embedding[...]
-        x_btd = jnp.take(embedding_vd, tokens_bt, axis=0).astype(config.compute_dtype)
+        x_btd = self._constrain(jnp.take(embedding_vd, tokens_bt, axis=0).astype(config.compute_dtype))
 
         layer_def, layer_state = nnx.split(self.model.layers)
         adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
@@ -212,7 +217,7 @@ class CausalLM(nnx.Module):
                 loras.append(LayerLora(weights, None if ids_b is None else jnp.asarray(ids_b, jnp.int32),
                                        adapter.config.scale, adapter.config.dropout, rng))
             layer = nnx.merge(layer_def, one_layer_state)
-            return layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras)), None
+            return self._constrain(layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras))), None
 
         if self.remat:
             layer_step = jax.checkpoint(layer_step)
@@ -227,6 +232,13 @@ class CausalLM(nnx.Module):
         return jnp.einsum(
             "btd,dv->btv", x_btd, head_dv.astype(config.compute_dtype), preferred_element_type=jnp.float32
         )
+
+    def _constrain(self, x_btd):
+        if self.activation_mesh is None:
+            return x_btd
+        mesh, rules = self.activation_mesh
+        spec = logical_to_spec(("batch", "seq", "activation_embed"), x_btd.shape, mesh, rules)
+        return jax.lax.with_sharding_constraint(x_btd, NamedSharding(mesh, spec))
 
 
 def _check_adapter_call(adapter, ids_b, config: ModelConfig, batch: int, name: str) -> None:

@@ -21,6 +21,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("micro_batches", None),
     ("seq", None),
+    ("activation_embed", None),
     ("layers", None),
     ("adapters", None),
     ("lora_rank", None),

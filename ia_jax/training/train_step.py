@@ -51,6 +51,7 @@ class Composition:
     adapters: tuple[AdapterSlot, ...] = ()
     trainable: str | int = "base"
     remat: bool = False
+    activation_mesh: tuple | None = None  # (mesh, rules): pin activations to the batch layout
 
     def split(self, weights: dict) -> tuple[Any, dict]:
         """(trainable params, frozen weights with the trainable part set to None)."""
@@ -73,6 +74,7 @@ class Composition:
         """Logits of the composed model; stacked adapters take `organism_ids_b` as their slot ids."""
         model = nnx.merge(self.graphdef, weights["base"])
         model.remat = self.remat
+        model.activation_mesh = self.activation_mesh
         adapters = [
             (LoraAdapter(w, slot.config, slot.num_slots), organism_ids_b if slot.num_slots is not None else None)
             for slot, w in zip(self.adapters, weights["adapters"])
@@ -186,6 +188,7 @@ class Trainer:
     def __init__(self, composition: Composition, objective: Objective, optimizer: optax.GradientTransformation,
                  mesh: Mesh, *, base_state, weights: dict, schedule: Callable | None = None,
                  rules=sharding.LOGICAL_AXIS_RULES):
+        composition = dataclasses.replace(composition, activation_mesh=(mesh, rules))
         self.composition = composition
         self.optimizer = optimizer
         self.mesh = mesh

@@ -1,0 +1,1 @@
+"""Data feeding: fixed-shape, restartable batches."""

@@ -1,0 +1,58 @@
+"""A run killed with SIGKILL and re-run with the same command ends where an uninterrupted run does."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
+STEPS = 14
+
+
+def _run(workdir, *extra):
+    # The runs share jax's compilation cache (a per-session folder, see conftest): compile once, not 3 times.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.run([sys.executable, WORKER, str(workdir), str(STEPS), *map(str, extra)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    result = _run(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_sigkill_then_resume_matches_uninterrupted(straight_run, tmp_path):
+    killed = _run(tmp_path / "resumed", 8)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "resumed" / "final.npz").exists()
+    steps_saved = sorted(int(p) for p in os.listdir(tmp_path / "resumed" / "checkpoints") if p.isdigit())
+    assert steps_saved and max(steps_saved) <= 8  # it really stopped part-way
+
+    resumed = _run(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = np.load(straight_run / "final.npz")
+    actual = np.load(tmp_path / "resumed" / "final.npz")
+    assert set(actual.files) == set(expected.files)
+    for key in expected.files:
+        np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=1e-6)
+    assert max(np.abs(expected[k]).max() for k in expected.files if "lora_b" in k) > 1e-3  # it trained
+
+
+def test_resuming_with_another_config_names_the_difference(straight_run):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import resume_worker
+
+    from ia_jax.training.checkpoints import CheckpointMismatchError, Checkpointer
+
+    checkpointer = Checkpointer(str(straight_run / "checkpoints"), save_every=3,
+                                fingerprint={"model": resume_worker.CONFIG.__dict__, "ia": {"rank": 8},
+                                             "optimizer": {}, "batch_size": 4})
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoints: step 14 was written by a different config "
+                                                      r"\(ia: checkpoint .*'rank': 4.* vs run \{'rank': 8\}"):
+        checkpointer.restore(None)
