@@ -10,8 +10,9 @@ An example is a dict: 1-D `*tokens` fields (with matching `*loss_mask` fields) a
 `{"tokens", "loss_mask", "organism_id"}` for SFT or `{"chosen_tokens", "chosen_loss_mask",
 "rejected_tokens", "rejected_loss_mask", "organism_id", "reference_chosen", "reference_rejected"}`
 for DPO. Batches add a `*attention_mask` per `*tokens` field and name `organism_id` `organism_ids`.
-Rows that only fill up the last batch of a bucket are all padding, with `organism_ids` -1 and zero
-masks, so they add nothing to any loss.
+Integer scalars become int32 columns, other scalars float32. Rows that only fill up the last batch of
+a bucket are all padding, with integer columns (`organism_ids`) -1 and zero masks, so they add nothing
+to any loss. `shuffle=False` keeps the examples' order (for one pass such as scoring).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _sequence_fields(example: Mapping[str, Any]) -> list[str]:
 class Batcher:
     def __init__(self, examples: Sequence[Mapping[str, Any]], *, batch_size: int, buckets: Sequence[int],
                  micro_batches: int = 1, seed: int = 0, pad_id: int = 0, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, shuffle: bool = True):
         if not examples:
             raise BatchingError("no examples to batch")
         if batch_size % process_count:
@@ -43,6 +44,7 @@ class Batcher:
         self.micro_batches = micro_batches
         self.buckets = sorted(buckets)
         self.seed = seed
+        self.shuffle = shuffle
         self.pad_id = pad_id
         self.process_index = process_index
         self.process_count = process_count
@@ -78,7 +80,7 @@ class Batcher:
     def _epoch_plan(self, epoch: int) -> list[tuple[int, list[int]]]:
         """(bucket, example indices) for every batch of the epoch, in order; -1 marks a padding row."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.examples))
+        order = rng.permutation(len(self.examples)) if self.shuffle else np.arange(len(self.examples))
         per_bucket: dict[int, list[int]] = {}
         for i in order:
             per_bucket.setdefault(self._bucket_of[i], []).append(int(i))
@@ -89,7 +91,7 @@ class Batcher:
             for start in range(0, len(members), n):
                 chunk = members[start:start + n]
                 plan.append((bucket, chunk + [-1] * (n - len(chunk))))
-        return [plan[i] for i in rng.permutation(len(plan))]
+        return [plan[i] for i in rng.permutation(len(plan))] if self.shuffle else plan
 
     def batches_per_epoch(self) -> int:
         return len(self._plan)
@@ -135,8 +137,8 @@ class Batcher:
                 batch[field[: -len("tokens")] + "attention_mask"] = attention.reshape(*shape, bucket)
         for field in self.scalar_fields:
             name = "organism_ids" if field == "organism_id" else field
-            fill = -1 if field == "organism_id" else 0
+            is_int = np.issubdtype(np.asarray(self.examples[0][field]).dtype, np.integer)
+            fill = -1 if is_int else 0.0  # padding rows: no organism, no example
             column = [self.examples[i][field] if i >= 0 else fill for i in members]
-            dtype = np.int32 if field == "organism_id" else np.float32
-            batch[name] = np.asarray(column, dtype).reshape(shape)
+            batch[name] = np.asarray(column, np.int32 if is_int else np.float32).reshape(shape)
         return batch

@@ -44,6 +44,21 @@ def test_sigkill_then_resume_matches_uninterrupted(straight_run, tmp_path):
     assert max(np.abs(expected[k]).max() for k in expected.files if "lora_b" in k) > 1e-3  # it trained
 
 
+def test_checkpoints_keep_the_last_two_and_hold_only_the_trained_adapter(straight_run):
+    """No frozen weight (base or organisms) is ever written: only the IA, its Adam moments and the step."""
+    import ast
+    import json
+
+    step_dirs = [p for p in os.listdir(straight_run / "checkpoints") if p.isdigit()]
+    with open(straight_run / "checkpoints" / step_dirs[0] / "state" / "_METADATA") as f:
+        paths = [ast.literal_eval(p) for p in json.load(f)["tree_metadata"]]  # keys are tuple reprs
+    assert sorted(int(p) for p in step_dirs) == [12, 14]  # every 3 steps and at the end, keeping the last 2
+    assert paths and all(p[0] in ("step", "params", "opt_state") for p in paths)
+    targets = {p[1] for p in paths if p[0] == "params"}
+    assert targets == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert not any("model" in p or "embed_tokens" in p for p in paths)
+
+
 def test_resuming_with_another_config_names_the_difference(straight_run):
     sys.path.insert(0, os.path.dirname(__file__))
     import resume_worker

@@ -8,8 +8,11 @@ import pytest
 from flax import nnx
 
 from ia_jax import lora, models
+from ia_jax.data.batching import Batcher
 from ia_jax.parallel.sharding import make_mesh
+from ia_jax.training import losses
 from ia_jax.training import train_step as ts
+from ia_jax.training.dpo_reference import attach_reference_log_probs
 from ia_jax.training.optimizer import OptimizerConfig, make_optimizer
 
 CONFIG = models.ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -126,34 +129,47 @@ def test_ia_training_lowers_loss_and_leaves_frozen_weights_alone(weights):
         np.testing.assert_array_equal(a, b)
 
 
-def test_dpo_step_runs_and_prefers_chosen(weights):
-    rng = np.random.default_rng(0)
-    b, t = 4, 10
-    def side(seed):  # noqa: E306
-        tokens = np.random.default_rng(seed).integers(0, CONFIG.vocab_size, (1, b, t)).astype(np.int32)
-        mask = np.zeros_like(tokens)
-        mask[..., 5:] = 1
-        return tokens, np.ones_like(tokens), mask
-    ct, ca, cm = side(1)
-    rt, ra, rm = side(2)
-    batch = {"chosen_tokens": ct, "chosen_attention_mask": ca, "chosen_loss_mask": cm,
-             "rejected_tokens": rt, "rejected_attention_mask": ra, "rejected_loss_mask": rm,
-             "organism_ids": rng.integers(0, SLOTS, (1, b)).astype(np.int32)}
+def _pairs(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        sides = {}
+        for side in ("chosen", "rejected"):
+            length = int(rng.integers(7, 12))
+            mask = np.zeros(length, np.int32)
+            mask[4:] = 1
+            sides[f"{side}_tokens"] = rng.integers(0, CONFIG.vocab_size, length).astype(np.int32)
+            sides[f"{side}_loss_mask"] = mask
+        pairs.append({**sides, "organism_id": int(rng.integers(0, SLOTS))})
+    return pairs
+
+
+def test_reference_log_probs_are_each_pairs_own_unpadded_score(weights):
+    graphdef, _, w = weights
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
+                                 trainable=1)
+    pairs = attach_reference_log_probs(_pairs(), composition, w, batch_size=4, buckets=(12,))
+    for pair in (pairs[0], pairs[5]):
+        tokens = pair["rejected_tokens"][None]
+        logits = composition.forward(w, tokens, np.ones_like(tokens), np.array([pair["organism_id"]]))
+        expected = losses.sequence_log_probs(logits, tokens, pair["rejected_loss_mask"][None])[0]
+        np.testing.assert_allclose(pair["reference_rejected"], expected, rtol=1e-5)
+
+
+def test_dpo_from_the_reference_starts_at_log2_and_learns_the_preference(weights):
     graphdef, state, w = weights
     composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
                                  trainable=1)
-    reference = jax.jit(lambda w, bt: ts.policy_log_probs(
-        lambda tok, att, ids: composition.forward(w, tok, att, ids), bt))(w, jax.tree.map(lambda x: x[0], batch))
-    batch["reference_chosen"] = np.asarray(reference[0])[None]
-    batch["reference_rejected"] = np.asarray(reference[1])[None]
+    pairs = attach_reference_log_probs(_pairs(), composition, w, batch_size=4, buckets=(12,))
     optimizer, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, total_steps=10))
     trainer = ts.Trainer(composition, ts.dpo_objective(beta=0.1), optimizer, _single_device_mesh(),
                          base_state=state, weights=w)
+    batcher = Batcher(pairs, batch_size=6, buckets=(12,))
     train_state, frozen = trainer.place(w)
-    first = None
+    history = []
     for _ in range(6):
-        train_state, metrics = trainer.step(train_state, frozen, trainer.put_batch(batch), jax.random.key(0))
-        first = first or jax.device_get(metrics)
-    np.testing.assert_allclose(first["loss"], np.log(2), rtol=1e-5)  # policy == reference at step 0
-    assert float(metrics["loss"]) < np.log(2) - 0.01 and float(metrics["preference_accuracy"]) == 1.0
-    assert float(metrics["reward_margin"]) > 0
+        train_state, metrics = trainer.step(train_state, frozen, trainer.put_batch(next(batcher)), jax.random.key(0))
+        history.append(jax.device_get(metrics))
+    np.testing.assert_allclose(history[0]["loss"], np.log(2), rtol=1e-5)  # policy == reference at step 0
+    assert history[-1]["loss"] < np.log(2) - 0.01 and history[-1]["preference_accuracy"] == 1.0
+    assert history[-1]["reward_margin"] > 0
