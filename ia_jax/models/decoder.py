@@ -23,6 +23,7 @@ from ia_jax.lora.adapter import LoraAdapter, check_fits, check_ids
 from ia_jax.lora.apply import LayerLora, lora_delta
 from ia_jax.models import rope
 from ia_jax.models.config import ModelConfig
+from ia_jax.models.kv_cache import KVCache
 from ia_jax.parallel.sharding import logical_to_spec
 
 _INIT_STDDEV = 0.02  # transformers' initializer_range default, so from-scratch models start alike.
@@ -99,7 +100,8 @@ class Attention(nnx.Module):
         self.num_kv_heads = k
         self.scale = h**-0.5
 
-    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=()):
+    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=(), layer_cache=None, cache_index=None):
+        """`visible_bts` covers the t new tokens (s = t) or, with `layer_cache`, every cache slot."""
         q_btnh = self.q_proj(x_btd, loras)
         k_btkh = self.k_proj(x_btd, loras)
         v_btkh = self.v_proj(x_btd, loras)
@@ -107,13 +109,19 @@ class Attention(nnx.Module):
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
         q_btnh = rope.apply_rope(q_btnh, cos_bth, sin_bth)
         k_btkh = rope.apply_rope(k_btkh, cos_bth, sin_bth)
+        if layer_cache is not None:
+            cached_keys, cached_values = layer_cache
+            k_btkh = jax.lax.dynamic_update_slice(cached_keys, k_btkh.astype(cached_keys.dtype), (0, cache_index, 0, 0))
+            v_btkh = jax.lax.dynamic_update_slice(cached_values, v_btkh.astype(cached_values.dtype),
+                                                  (0, cache_index, 0, 0))
         b, t, n, h = q_btnh.shape
         q_btkgh = q_btnh.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
         scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh, preferred_element_type=jnp.float32)
         scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts * self.scale, jnp.finfo(jnp.float32).min)
         probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
         out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_btkh)
-        return self.o_proj(out_btkgh.reshape(b, t, n, h), loras)
+        out_btd = self.o_proj(out_btkgh.reshape(b, t, n, h), loras)
+        return out_btd, (None if layer_cache is None else (k_btkh, v_btkh))
 
 
 class MLP(nnx.Module):
@@ -139,9 +147,11 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, "norm", **norm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, "norm", **norm)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=()):
-        x_btd = x_btd + self.self_attn(self.input_layernorm(x_btd), cos_bth, sin_bth, visible_bts, loras)
-        return x_btd + self.mlp(self.post_attention_layernorm(x_btd), loras)
+    def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=(), layer_cache=None, cache_index=None):
+        attended_btd, layer_cache = self.self_attn(self.input_layernorm(x_btd), cos_bth, sin_bth, visible_bts,
+                                                   loras, layer_cache, cache_index)
+        x_btd = x_btd + attended_btd
+        return x_btd + self.mlp(self.post_attention_layernorm(x_btd), loras), layer_cache
 
 
 class Embedding(nnx.Module):
@@ -172,7 +182,8 @@ class CausalLM(nnx.Module):
         # between layers, so XLA never has to guess (and reshuffle) activation layouts.
         self.activation_mesh = None
 
-    def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None):
+    def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None,
+                 cache: KVCache | None = None):
         """Causal attention over real tokens only, with any number of LoRA adapters composed.
 
         `attention_mask_bt` (1 = real token, 0 = padding) hides padding keys. Positions default to the
@@ -182,6 +193,9 @@ class CausalLM(nnx.Module):
         `adapters` is a sequence of `(LoraAdapter, ids_b)`: `ids_b` picks each example's slot of a
         stacked adapter (-1 = none) and is None for a shared adapter. LoRA dropout runs only when
         `dropout_rng` is given (training).
+
+        With a `cache` (see `kv_cache.py`) the tokens are appended at `cache.index`, attend to every
+        valid slot before them, and the call returns `(logits, updated cache)`.
         """
         config = self.config
         tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
@@ -193,10 +207,18 @@ class CausalLM(nnx.Module):
             real_bt = jnp.ones((b, t), jnp.bool_)
         else:
             real_bt = jnp.asarray(attention_mask_bt).astype(jnp.bool_)
+        if cache is None:
+            earlier_b = jnp.zeros((b,), jnp.int32)
+            causal_ts = jnp.tril(jnp.ones((t, t), jnp.bool_))
+            visible_bts = causal_ts[None] & real_bt[:, None, :]
+        else:
+            earlier_b = jnp.sum(cache.valid_bs, axis=1, dtype=jnp.int32)
+            valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, real_bt, (0, cache.index))
+            query_slots_t = cache.index + jnp.arange(t)
+            causal_ts = jnp.arange(cache.num_slots)[None, :] <= query_slots_t[:, None]
+            visible_bts = causal_ts[None] & valid_bs[:, None, :]
         if positions_bt is None:
-            positions_bt = jnp.maximum(jnp.cumsum(real_bt, axis=1) - 1, 0)
-        causal_ts = jnp.tril(jnp.ones((t, t), jnp.bool_))
-        visible_bts = causal_ts[None] & real_bt[:, None, :]
+            positions_bt = earlier_b[:, None] + jnp.maximum(jnp.cumsum(real_bt, axis=1) - 1, 0)
         cos_bth, sin_bth = rope.rope_cos_sin(
             positions_bt, rope.inverse_frequencies(config.rope, config.head_dim)
         )
@@ -208,7 +230,7 @@ class CausalLM(nnx.Module):
         adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
 
         def layer_step(x_btd, layer_inputs):
-            one_layer_state, one_layer_adapters, layer_index = layer_inputs
+            one_layer_state, one_layer_adapters, layer_index, layer_cache = layer_inputs
             loras = []
             for i, ((adapter, ids_b), weights) in enumerate(zip(adapters, one_layer_adapters)):
                 rng = None
@@ -217,21 +239,29 @@ class CausalLM(nnx.Module):
                 loras.append(LayerLora(weights, None if ids_b is None else jnp.asarray(ids_b, jnp.int32),
                                        adapter.config.scale, adapter.config.dropout, rng))
             layer = nnx.merge(layer_def, one_layer_state)
-            return self._constrain(layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras))), None
+            x_btd, layer_cache = layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras), layer_cache,
+                                       None if cache is None else cache.index)
+            return self._constrain(x_btd), layer_cache
 
         if self.remat:
             layer_step = jax.checkpoint(layer_step)
         layer_indices = jnp.arange(config.num_layers, dtype=jnp.int32)
-        x_btd, _ = jax.lax.scan(layer_step, x_btd, (layer_state, adapter_weights, layer_indices))
+        layer_caches = None if cache is None else (cache.keys, cache.values)
+        x_btd, new_layer_caches = jax.lax.scan(
+            layer_step, x_btd, (layer_state, adapter_weights, layer_indices, layer_caches))
         x_btd = self.model.norm(x_btd)
 
         if self.lm_head is None:
             head_dv = embedding_vd.T
         else:
             head_dv = self.lm_head.kernel[...]
-        return jnp.einsum(
+        logits_btv = jnp.einsum(
             "btd,dv->btv", x_btd, head_dv.astype(config.compute_dtype), preferred_element_type=jnp.float32
         )
+        if cache is None:
+            return logits_btv
+        keys, values = new_layer_caches
+        return logits_btv, KVCache(keys=keys, values=values, valid_bs=valid_bs, index=cache.index + t)
 
     def _constrain(self, x_btd):
         if self.activation_mesh is None:

@@ -1,0 +1,36 @@
+"""Key/value cache for incremental decoding, with a fixed number of slots so decoding compiles once.
+
+Prompts are left-padded, so every row's next token goes to the same slot (`index`); `valid_bs` marks
+slots holding real tokens, and a row's next position is its count of valid slots. Attention reads all
+slots and masks the rest, which keeps every shape static across decode steps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ia_jax.models.config import ModelConfig
+
+
+@struct.dataclass
+class KVCache:
+    keys: jax.Array  # [layers, batch, slots, kv_heads, head_dim]
+    values: jax.Array  # [layers, batch, slots, kv_heads, head_dim]
+    valid_bs: jax.Array  # [batch, slots] bool
+    index: jax.Array  # int32 scalar: the slot the next token is written to
+
+    @property
+    def num_slots(self) -> int:
+        return self.valid_bs.shape[1]
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:
+    shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+    return KVCache(
+        keys=jnp.zeros(shape, config.compute_dtype),
+        values=jnp.zeros(shape, config.compute_dtype),
+        valid_bs=jnp.zeros((batch, slots), jnp.bool_),
+        index=jnp.zeros((), jnp.int32),
+    )

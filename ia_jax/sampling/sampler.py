@@ -1,0 +1,196 @@
+"""Batched generation with a KV cache, compiled once per (batch, prompt, length) bucket.
+
+Self-report evaluation samples thousands of answers from many organisms, with and without the IA, so
+requests are grouped into a few static shapes: the batch is padded to a batch bucket, prompts are
+left-padded to a prompt bucket (so every row's next token lands in the same cache slot), and the
+decode loop is a `lax.while_loop` that stops once every row has produced a stop token or its own
+token limit. Temperature, top-p, top-k and the limits are traced values, not compile-time constants,
+so changing them never recompiles.
+
+Each row picks its organism (a slot of the stacked organism adapter, -1 for none) and whether the
+introspection adapter is on; the IA is applied as a one-slot stacked adapter so one batch can mix
+rows with and without it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ia_jax.lora.adapter import LoraAdapter
+from ia_jax.models.decoder import CausalLM
+from ia_jax.models.kv_cache import init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut
+    seed: int = 0
+
+
+def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
+    position = bisect.bisect_left(buckets, value)
+    if position == len(buckets):
+        raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
+    return buckets[position]
+
+
+def _powers_of_two(limit: int, start: int = 1) -> tuple[int, ...]:
+    out, value = [], start
+    while value < limit:
+        out.append(value)
+        value *= 2
+    return tuple(out) + (limit,)
+
+
+def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
+    """Temperature, then top-k and top-p cuts as masks over the sorted vocabulary (all traced values)."""
+    scaled_bv = logits_bv / jnp.maximum(temperature_b, 1e-6)[:, None]
+    sorted_bv = jnp.sort(scaled_bv, axis=-1)[:, ::-1]
+    vocab = logits_bv.shape[-1]
+    k_b = jnp.where(top_k_b > 0, jnp.minimum(top_k_b, vocab), vocab)
+    kth_b = jnp.take_along_axis(sorted_bv, (k_b - 1)[:, None], axis=-1)
+    probs_bv = jax.nn.softmax(sorted_bv, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
+    mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv
+    cutoff_b = jnp.min(jnp.where(mass_before_bv < top_p_b[:, None], sorted_bv, jnp.inf), axis=-1)
+    threshold_b = jnp.maximum(kth_b[:, 0], cutoff_b)
+    return jnp.where(scaled_bv >= threshold_b[:, None], scaled_bv, -jnp.inf)
+
+
+def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b, top_p_b,
+              top_k_b, stop_ids, rng, organisms, ia, *, max_new_tokens: int):
+    b, t = prompt_bt.shape
+    adapters = []
+    if organisms is not None:
+        adapters.append((organisms, organism_ids_b))
+    if ia is not None:
+        adapters.append((ia, ia_ids_b))
+    cache = init_cache(model.config, b, t + max_new_tokens)
+    logits_btv, cache = model(prompt_bt, attention_mask_bt=prompt_mask_bt, adapters=adapters, cache=cache)
+    out_bn = jnp.zeros((b, max_new_tokens), jnp.int32)
+    done_b = limits_b <= 0
+
+    def choose(logits_bv, step):
+        greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        filtered_bv = _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b)
+        sampled_b = jax.random.categorical(jax.random.fold_in(rng, step), filtered_bv).astype(jnp.int32)
+        return jnp.where(temperature_b > 0, sampled_b, greedy_b)
+
+    def cond(carry):
+        step, _, _, done_b, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done_b)
+
+    def body(carry):
+        step, logits_bv, cache, done_b, out_bn = carry
+        token_b = jnp.where(done_b, 0, choose(logits_bv, step))
+        out_bn = jax.lax.dynamic_update_slice(out_bn, token_b[:, None], (0, step))
+        live_b = ~done_b
+        done_b = done_b | jnp.isin(token_b, stop_ids) | (step + 1 >= limits_b)
+        logits_btv, cache = model(token_b[:, None], attention_mask_bt=live_b[:, None], adapters=adapters,
+                                  cache=cache)
+        return step + 1, logits_btv[:, -1], cache, done_b, out_bn
+
+    steps, _, _, _, out_bn = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), logits_btv[:, -1], cache, done_b, out_bn))
+    return out_bn, steps
+
+
+class Sampler:
+    """Generates token ids for many prompts; `organisms` is a stacked adapter, `ia` a shared one."""
+
+    def __init__(self, model: CausalLM, *, organisms: LoraAdapter | None = None, ia: LoraAdapter | None = None,
+                 stop_ids: Sequence[int] = (), pad_id: int = 0, batch_buckets: Sequence[int] | None = None,
+                 prompt_buckets: Sequence[int] | None = None, max_batch: int = 64, max_prompt: int = 1024):
+        if organisms is not None and not organisms.stacked:
+            raise ValueError("organisms must be a stacked adapter (one slot per organism)")
+        if ia is not None and ia.stacked:
+            raise ValueError("ia must be a shared adapter")
+        self.model = model
+        self.organisms = organisms
+        # A one-slot stack lets each row switch the IA on (slot 0) or off (-1) within one batch.
+        self.ia = None if ia is None else LoraAdapter(
+            weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
+        self.stop_ids = np.asarray(sorted(set(stop_ids)) or [-1], np.int32)
+        self.pad_id = pad_id
+        self.batch_buckets = tuple(batch_buckets or _powers_of_two(max_batch))
+        self.prompt_buckets = tuple(prompt_buckets or _powers_of_two(max_prompt, start=16))
+        graphdef, state = nnx.split(model)
+        self._state = state
+        self._jitted = jax.jit(
+            lambda state, *args, max_new_tokens: _generate(nnx.merge(graphdef, state), *args,
+                                                           max_new_tokens=max_new_tokens),
+            static_argnames=("max_new_tokens",))
+
+    def compiled_variants(self) -> int:
+        return self._jitted._cache_size()
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(), *,
+                 organism_ids: Sequence[int] | None = None, use_ia: Sequence[bool] | bool = False) -> list[list[int]]:
+        """New tokens per prompt (stop token included when one ended the answer)."""
+        n = len(prompts)
+        if n == 0:
+            return []
+        if organism_ids is not None and self.organisms is None:
+            raise ValueError("organism_ids given, but the sampler has no organism adapters")
+        organism_ids = np.full(n, -1, np.int32) if organism_ids is None else np.asarray(organism_ids, np.int32)
+        if organism_ids.shape != (n,):
+            raise ValueError(f"organism_ids has shape {organism_ids.shape}, expected ({n},)")
+        if self.organisms is not None:
+            bad = organism_ids[(organism_ids < -1) | (organism_ids >= self.organisms.num_slots)]
+            if bad.size:
+                raise ValueError(f"organism ids {sorted(set(bad.tolist()))} are outside the "
+                                 f"{self.organisms.num_slots} loaded organisms")
+        use_ia = np.broadcast_to(np.asarray(use_ia, bool), (n,))
+        if use_ia.any() and self.ia is None:
+            raise ValueError("use_ia requested, but the sampler has no introspection adapter")
+        results: list[list[int]] = []
+        largest = self.batch_buckets[-1]
+        for start in range(0, n, largest):
+            chunk = slice(start, min(start + largest, n))
+            results.extend(self._generate_chunk(prompts[chunk], params, organism_ids[chunk], use_ia[chunk]))
+        return results
+
+    def _generate_chunk(self, prompts, params: SamplingParams, organism_ids, use_ia):
+        n = len(prompts)
+        batch = _bucket(n, self.batch_buckets, "batch")
+        width = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length")
+        max_new = _bucket(params.max_new_tokens, _powers_of_two(max(params.max_new_tokens, 16), 16),
+                          "max_new_tokens")
+        tokens = np.full((batch, width), self.pad_id, np.int32)
+        mask = np.zeros((batch, width), np.int32)
+        for row, prompt in enumerate(prompts):
+            if len(prompt):
+                tokens[row, width - len(prompt):] = prompt
+                mask[row, width - len(prompt):] = 1
+        limits = np.zeros(batch, np.int32)
+        limits[:n] = params.max_new_tokens
+        organisms = np.full(batch, -1, np.int32)
+        organisms[:n] = organism_ids
+        ia_ids = np.full(batch, -1, np.int32)
+        ia_ids[:n] = np.where(use_ia, 0, -1)
+        full = lambda value, dtype: np.full(batch, value, dtype)  # noqa: E731
+        out, _ = self._jitted(
+            self._state, tokens, mask, organisms, ia_ids, limits, full(params.temperature, np.float32),
+            full(params.top_p, np.float32), full(params.top_k, np.int32), self.stop_ids,
+            jax.random.key(params.seed), self.organisms, self.ia, max_new_tokens=max_new)
+        out = np.asarray(jax.device_get(out))
+        stops = set(self.stop_ids.tolist())
+        results = []
+        for row in range(n):
+            tokens_row = out[row, : params.max_new_tokens].tolist()
+            for i, token in enumerate(tokens_row):
+                if token in stops:
+                    tokens_row = tokens_row[: i + 1]
+                    break
+            results.append(tokens_row)
+        return results

@@ -1,0 +1,142 @@
+"""Cached decoding must reproduce uncached forwards and transformers' greedy generate, token for token."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from ia_jax import lora, models
+from ia_jax.parallel.sharding import make_mesh
+from ia_jax.sampling.sampler import Sampler, SamplingParams
+
+NEW = 10
+
+
+def _prompts(seed=0, lengths=(5, 9, 3)):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, 97, n).tolist() for n in lengths]
+
+
+@nnx.jit
+def _forward(model, tokens, adapters):
+    return model(tokens, adapters=adapters)
+
+
+def _uncached_greedy(model, prompt, steps, adapters=()):
+    """The slow reference: a full forward over the whole sequence for every new token (right-padded to
+    one width, which causal attention cannot see, so it compiles once)."""
+    tokens = list(prompt)
+    width = len(prompt) + steps
+    for _ in range(steps):
+        padded = np.zeros((1, width), np.int32)
+        padded[0, : len(tokens)] = tokens
+        logits = _forward(model, padded, adapters)
+        tokens.append(int(np.argmax(np.asarray(logits)[0, len(tokens) - 1])))
+    return tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3rope", "qwen3_gqa_tied"])
+def test_greedy_matches_uncached_and_transformers_generate(reference_checkpoint, name):
+    path, torch_model = reference_checkpoint(name)
+    model = models.load_hf(path)
+    sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(4,))
+    prompts = _prompts()
+    ours = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW))
+    for prompt, generated in zip(prompts, ours):
+        assert generated == _uncached_greedy(model, prompt, NEW)
+        with torch.no_grad():
+            theirs = torch_model.generate(torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False,
+                                          eos_token_id=None, pad_token_id=0)
+        assert generated == theirs[0, len(prompt):].tolist()
+
+
+@pytest.fixture(scope="module")
+def adapted(reference_checkpoint):
+    path, _ = reference_checkpoint("qwen3_gqa_tied")
+    model = models.load_hf(path)
+    rng = np.random.default_rng(0)
+    randomise = lambda a: a.replace(weights=jax.tree.map(  # noqa: E731
+        lambda x: 0.5 * rng.standard_normal(x.shape, np.float32), a.weights))
+    organisms = randomise(lora.init_adapter(model.config, lora.LoraConfig(rank=4, alpha=8.0), jax.random.key(0),
+                                            num_slots=3))
+    ia = randomise(lora.init_adapter(model.config, lora.LoraConfig(rank=2, alpha=4.0), jax.random.key(1)))
+    return model, organisms, ia
+
+
+def test_per_row_organism_and_ia_match_uncached_composition(adapted):
+    model, organisms, ia = adapted
+    sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(4,))
+    prompts = _prompts(1, (6, 4, 7, 5))
+    organism_ids, use_ia = [2, -1, 0, 2], [True, True, False, False]
+    ours = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW), organism_ids=organism_ids, use_ia=use_ia)
+    for prompt, organism, ia_on, generated in zip(prompts, organism_ids, use_ia, ours):
+        adapters = []
+        if organism >= 0:
+            adapters.append((organisms, np.array([organism], np.int32)))
+        if ia_on:
+            adapters.append((ia, None))
+        assert generated == _uncached_greedy(model, prompt, NEW, tuple(adapters)), (organism, ia_on)
+    assert len({tuple(g) for g in ours}) == 4  # the adapters really change the answers
+
+
+def test_stop_tokens_limits_and_one_compile_per_bucket(adapted):
+    model, _, _ = adapted
+    sampler = Sampler(model, prompt_buckets=(8, 16), batch_buckets=(2, 4))
+    prompts = _prompts(2, (5, 7, 6))
+    hot = SamplingParams(max_new_tokens=12, temperature=1.0, seed=1)  # varied answers (greedy repeats itself)
+    free = sampler.generate(prompts, hot)
+    row, position = next((r, i) for r, answer in enumerate(free) for i in range(1, len(answer))
+                         if answer[i] not in answer[:i])
+    stop = free[row][position]
+    stopped = Sampler(model, stop_ids=[stop], prompt_buckets=(8, 16), batch_buckets=(2, 4)).generate(prompts, hot)
+    for full, cut in zip(free, stopped):
+        expected = full[: full.index(stop) + 1] if stop in full else full
+        assert cut == expected
+    assert stopped[row][-1] == stop and len(stopped[row]) == position + 1
+    assert [len(g) for g in sampler.generate(prompts, SamplingParams(max_new_tokens=5))] == [5, 5, 5]
+    sampler.generate(_prompts(3, (4, 2, 8)), SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9))
+    assert sampler.compiled_variants() == 1  # same buckets: one program for every length and setting
+
+
+def test_sampling_is_seeded_and_cuts_behave(adapted):
+    model, _, _ = adapted
+    sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(4,))
+    prompts = _prompts(4, (5, 5, 5, 5))
+    hot = SamplingParams(max_new_tokens=NEW, temperature=1.5, seed=3)
+    first = sampler.generate(prompts, hot)
+    assert first == sampler.generate(prompts, hot)
+    assert first != sampler.generate(prompts, SamplingParams(max_new_tokens=NEW, temperature=1.5, seed=4))
+    greedy = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW))
+    assert sampler.generate(prompts, SamplingParams(max_new_tokens=NEW, temperature=1.5, top_k=1)) == greedy
+    assert sampler.generate(prompts, SamplingParams(max_new_tokens=NEW, temperature=1.5, top_p=1e-6)) == greedy
+
+
+def test_batch_composition_and_padding_do_not_change_greedy_answers(adapted):
+    model, _, _ = adapted
+    sampler = Sampler(model, prompt_buckets=(8, 16), batch_buckets=(1, 8))
+    prompts = _prompts(5, (3, 11, 6, 8, 2))
+    together = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW))
+    alone = [sampler.generate([p], SamplingParams(max_new_tokens=NEW))[0] for p in prompts]
+    assert together == alone
+
+
+def test_sharded_model_generates_the_same(reference_checkpoint):
+    path, _ = reference_checkpoint("llama_gqa_llama3rope")
+    prompts = _prompts(6, (5, 6, 7, 8))
+    expected = Sampler(models.load_hf(path), prompt_buckets=(16,), batch_buckets=(4,)).generate(
+        prompts, SamplingParams(max_new_tokens=NEW))
+    sharded = models.load_hf(path, mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    assert Sampler(sharded, prompt_buckets=(16,), batch_buckets=(4,)).generate(
+        prompts, SamplingParams(max_new_tokens=NEW)) == expected
+
+
+def test_bad_requests_are_refused(adapted):
+    model, organisms, _ = adapted
+    sampler = Sampler(model, organisms=organisms, prompt_buckets=(16,), batch_buckets=(4,))
+    with pytest.raises(ValueError, match=r"organism ids \[5\] are outside the 3 loaded organisms"):
+        sampler.generate(_prompts(), organism_ids=[0, 5, -1])
+    with pytest.raises(ValueError, match="no introspection adapter"):
+        sampler.generate(_prompts(), use_ia=True)
+    with pytest.raises(ValueError, match="prompt length 20 exceeds the largest bucket 16"):
+        sampler.generate([list(range(1, 21))])
