@@ -27,6 +27,7 @@ setuptools.setup(
         "jinja2>=3.1",
         "protobuf>=4",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # Reference checks: our numbers are compared with transformers/peft on torch CPU.

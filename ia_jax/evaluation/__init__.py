@@ -1,0 +1,1 @@
+"""Asking organisms about themselves and scoring the answers: questions, judges, metrics, reports."""
