@@ -55,7 +55,7 @@ class ModelConfig:
     qk_norm: bool = False
     max_position_embeddings: int = 8192
     bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
+    eos_token_id: int | tuple[int, ...] | None = None  # a tuple, not a list: configs are hashable jit statics
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -148,7 +148,7 @@ def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **overrides) -
         head_dim=int(hf.get("head_dim") or hidden // num_heads),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope=_rope_from_hf(hf, source),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type == "qwen2")),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         # Qwen2 always has q/k/v bias and never an o bias; Llama's attention_bias covers all four.
         qkv_bias=True if model_type == "qwen2" else attention_bias,
         o_bias=attention_bias if model_type == "llama" else False,
@@ -156,7 +156,7 @@ def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **overrides) -
         qk_norm=model_type == "qwen3",
         max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
         bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=hf.get("eos_token_id"),
+        eos_token_id=tuple(hf["eos_token_id"]) if isinstance(hf.get("eos_token_id"), list) else hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
     )
     if model_type == "qwen3" and attention_bias:
@@ -210,7 +210,7 @@ def to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "tie_word_embeddings": config.tie_word_embeddings,
         "max_position_embeddings": config.max_position_embeddings,
         "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
+        "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
         "pad_token_id": config.pad_token_id,
         "dtype": config.param_dtype,
     }

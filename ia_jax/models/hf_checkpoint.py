@@ -159,10 +159,15 @@ def _check_against_config(files: _CheckpointFiles, layouts: list[_WeightLayout])
 
 
 def _place(files: _CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> jax.Array:
-    """Builds one weight on its sharding; each device's block is read and converted on its own."""
-    names = dict(layout.hf_names())
+    """Builds one weight on its sharding; each distinct block is read and converted once.
 
-    def read_block(index: tuple[slice, ...]) -> np.ndarray:
+    Devices that replicate a block (a weight sharded on one mesh axis and replicated on another) get
+    the same host array, so the host holds at most one copy of this weight's blocks.
+    """
+    names = dict(layout.hf_names())
+    blocks: dict[tuple, np.ndarray] = {}
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
         if not layout.stacked:
             return np.asarray(layout.from_hf(files.tensor(names[None]))[index], dtype=dtype)
         layer_index, inner_index = index[0], index[1:]
@@ -172,6 +177,12 @@ def _place(files: _CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> j
         for i, layer in enumerate(layers):
             block[i] = layout.from_hf(files.tensor(names[layer]))[inner_index]
         return block
+
+    def read_block(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in blocks:
+            blocks[key] = read(index)
+        return blocks[key]
 
     return jax.make_array_from_callback(layout.shape, sharding, read_block)
 

@@ -2,7 +2,7 @@
 
 On Cloud TPU pods `jax.distributed.initialize()` finds the coordinator and every worker by itself.
 Elsewhere (GPU clusters, several CPU processes in tests) the coordinator address, process count and
-this process's id must be given; CPU processes then talk through gloo collectives.
+this process's id must be given (CPU processes talk through jax's default gloo collectives).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError("coordinator_address needs num_processes and process_id as well")
     if not explicit and not _on_tpu_vm():
         return
-    if explicit and os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
         jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
     else:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -56,7 +57,8 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     if math.prod(sizes.values()) != len(devices):
         raise MeshError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, but {len(devices)} are available")
     shape = tuple(sizes[name] for name in MESH_AXES)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    # create_device_mesh orders devices by the physical topology (TPU torus), not just by id.
+    return Mesh(mesh_utils.create_device_mesh(shape, devices=devices), MESH_AXES)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -68,7 +67,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-
-def abstract_like(state, shardings):
-    """ShapeDtypeStructs carrying the target shardings, so orbax restores each shard in place."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)

@@ -26,6 +26,7 @@ def attach_reference_log_probs(pairs: Sequence[Mapping], composition: Compositio
     def score(weights, batch):
         return policy_log_probs(lambda t, a, ids: composition.forward(weights, t, a, ids), batch)
 
+    weights = jax.device_put(weights)  # once, not with every batch
     chosen = np.zeros(len(pairs), np.float32)
     rejected = np.zeros(len(pairs), np.float32)
     for _ in range(batcher.batches_per_epoch()):

@@ -14,7 +14,7 @@ import jax
 from tqdm.auto import tqdm
 
 from ia_jax.data.batching import Batcher
-from ia_jax.training.checkpoints import Checkpointer, abstract_like
+from ia_jax.training.checkpoints import Checkpointer
 from ia_jax.training.train_step import Trainer, TrainState
 
 
@@ -22,12 +22,17 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
                  checkpointer: Checkpointer | None = None, log_every: int = 10, description: str = "train",
                  on_metrics: Callable[[int, dict], None] | None = None) -> tuple[TrainState, list[dict]]:
     """Trains to `steps` total steps; returns the final state and the logged metrics."""
-    state, frozen = trainer.place(weights)
-    if checkpointer is not None:
-        restored = checkpointer.restore(abstract_like(state, trainer.state_shardings))
-        if restored is not None:
-            state, meta = restored
-            batcher.restore(meta["data_position"])
+    if (batcher.process_index, batcher.process_count) != (jax.process_index(), jax.process_count()):
+        raise ValueError(f"batcher is set up as process {batcher.process_index} of {batcher.process_count}, but "
+                         f"this is process {jax.process_index()} of {jax.process_count()}: each process must "
+                         "feed its own rows of the global batch")
+    frozen = trainer.place_frozen(weights)
+    restored = None if checkpointer is None else checkpointer.restore(trainer.abstract_state(weights))
+    if restored is None:
+        state = trainer.init_state(weights)
+    else:
+        state, meta = restored
+        batcher.restore(meta["data_position"])
     start = int(jax.device_get(state.step))
     history = []
     progress = tqdm(total=steps, initial=start, desc=description, disable=steps - start <= 0, leave=False)

@@ -44,24 +44,26 @@ def sequence_log_probs(logits_btv, tokens_bt, completion_mask_bt) -> jax.Array:
 
 
 def dpo_sums(policy_chosen_b, policy_rejected_b, reference_chosen_b, reference_rejected_b, *,
-             beta: float, label_smoothing: float = 0.0):
+             beta: float, label_smoothing: float = 0.0, valid_b=None):
     """DPO over a micro-batch of pairs: -log sigmoid(beta * margin), conservatively smoothed.
 
     margin = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected). With label smoothing e the
     loss is -(1 - e) log sigmoid(beta m) - e log sigmoid(-beta m) (labels flipped with probability e).
+    `valid_b` drops rows that only pad a batch: they are not pairs and must not count as ties.
     """
+    valid_b = jnp.ones(policy_chosen_b.shape, jnp.float32) if valid_b is None else valid_b.astype(jnp.float32)
     chosen_reward_b = beta * (policy_chosen_b - reference_chosen_b)
     rejected_reward_b = beta * (policy_rejected_b - reference_rejected_b)
     logits_b = chosen_reward_b - rejected_reward_b
     losses_b = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits_b) - label_smoothing * jax.nn.log_sigmoid(
         -logits_b)
     sums = {
-        "preference_accuracy": jnp.sum((logits_b > 0).astype(jnp.float32)),
-        "chosen_reward": jnp.sum(chosen_reward_b),
-        "rejected_reward": jnp.sum(rejected_reward_b),
-        "reward_margin": jnp.sum(logits_b),
+        "preference_accuracy": jnp.sum((logits_b > 0).astype(jnp.float32) * valid_b),
+        "chosen_reward": jnp.sum(chosen_reward_b * valid_b),
+        "rejected_reward": jnp.sum(rejected_reward_b * valid_b),
+        "reward_margin": jnp.sum(logits_b * valid_b),
     }
-    return jnp.sum(losses_b), jnp.asarray(losses_b.shape[0], jnp.float32), sums
+    return jnp.sum(losses_b * valid_b), jnp.sum(valid_b), sums
 
 
 def dpo_loss(policy_chosen_b, policy_rejected_b, reference_chosen_b, reference_rejected_b, *, beta: float,

@@ -19,7 +19,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from ia_jax.lora.adapter import LoraAdapter, LoraConfig
+from ia_jax.lora.adapter import LoraAdapter, LoraConfig, check_ids
 from ia_jax.parallel import sharding
 from ia_jax.training import losses
 
@@ -98,8 +98,14 @@ class Composition:
 Objective = Callable[[Callable, dict], tuple[jax.Array, jax.Array, dict]]
 
 
+def _organism_ids(batch, rows):
+    """Examples without organisms (the base model's own data) run with no stacked adapter."""
+    ids = batch.get("organism_ids")
+    return jnp.full((rows,), -1, jnp.int32) if ids is None else ids
+
+
 def sft_objective(forward, batch):
-    logits = forward(batch["tokens"], batch["attention_mask"], batch["organism_ids"])
+    logits = forward(batch["tokens"], batch["attention_mask"], _organism_ids(batch, batch["tokens"].shape[0]))
     return losses.sft_sums(logits, batch["tokens"], batch["loss_mask"])
 
 
@@ -109,20 +115,27 @@ def dpo_objective(beta: float, label_smoothing: float = 0.0) -> Objective:
     def objective(forward, batch):
         logp_c, logp_r = policy_log_probs(forward, batch)
         return losses.dpo_sums(logp_c, logp_r, batch["reference_chosen"], batch["reference_rejected"], beta=beta,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, valid_b=batch["chosen_attention_mask"].any(-1))
 
     return objective
 
 
 def policy_log_probs(forward, batch):
-    """Summed completion log-probs of chosen and rejected sequences, `[b]` each."""
-    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
-    attention = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    completion = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]])
-    ids = jnp.concatenate([batch["organism_ids"], batch["organism_ids"]])
-    logp = losses.sequence_log_probs(forward(tokens, attention, ids), tokens, completion)
-    half = batch["chosen_tokens"].shape[0]
-    return logp[:half], logp[half:]
+    """Summed completion log-probs of chosen and rejected sequences, `[b]` each.
+
+    Rows are interleaved (pair i -> rows 2i, 2i+1) rather than concatenated, so each pair stays on the
+    device that holds it when the batch axis is sharded.
+    """
+    def interleave(chosen, rejected):
+        return jnp.stack([chosen, rejected], axis=1).reshape(-1, *chosen.shape[1:])
+
+    rows = batch["chosen_tokens"].shape[0]
+    tokens = interleave(batch["chosen_tokens"], batch["rejected_tokens"])
+    attention = interleave(batch["chosen_attention_mask"], batch["rejected_attention_mask"])
+    completion = interleave(batch["chosen_loss_mask"], batch["rejected_loss_mask"])
+    ids = jnp.repeat(_organism_ids(batch, rows), 2)
+    logp = losses.sequence_log_probs(forward(tokens, attention, ids), tokens, completion).reshape(rows, 2)
+    return logp[:, 0], logp[:, 1]
 
 
 def _present_slots(organism_ids, num_slots):
@@ -132,7 +145,12 @@ def _present_slots(organism_ids, num_slots):
 
 def make_train_step(composition: Composition, objective: Objective, optimizer: optax.GradientTransformation,
                     schedule: Callable | None = None):
-    """The pure step. Batch leaves are `[micro_batches, batch, ...]`."""
+    """The pure step. Batch leaves are `[micro_batches, batch, ...]`.
+
+    Training a stacked adapter: slots absent from the batch keep their weights and Adam moments
+    exactly (as if their optimizer had not stepped). The step count used for bias correction and the
+    learning-rate schedule is shared by all slots, and clipping uses the norm over all slots.
+    """
     trained_slot = None if composition.trainable == "base" else composition.adapters[composition.trainable]
 
     def loss_fn(params, frozen, micro_batch, rng):
@@ -154,24 +172,32 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
             (loss_sum, (weight, sums)), grads = grad_fn(state.params, frozen, micro_batch,
                                                         jax.random.fold_in(step_rng, index))
             acc_grads, acc_loss, acc_weight, acc_sums = carry
+            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
             return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss_sum, acc_weight + weight,
                     jax.tree.map(jnp.add, acc_sums, sums)), None
 
         micro_batches = jax.tree.leaves(batch)[0].shape[0]
         zero_sums = jax.eval_shape(lambda: loss_fn(state.params, frozen, jax.tree.map(lambda x: x[0], batch),
                                                    None)[1][1])
-        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
+        # Accumulate in float32 whatever the parameter dtype: bfloat16 sums lose small gradients.
+        init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params), jnp.zeros((), jnp.float32),
                 jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums))
         (grads, loss_sum, weight, sums), _ = jax.lax.scan(
             accumulate, init, (batch, jnp.arange(micro_batches, dtype=jnp.int32)))
         weight = jnp.maximum(weight, 1.0)
-        grads = jax.tree.map(lambda g: g / weight, grads)
+        grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if trained_slot is not None and trained_slot.num_slots is not None:
-            # Organisms absent from this batch stay exactly as they are (no decay, no momentum drift).
             present = _present_slots(batch["organism_ids"], trained_slot.num_slots)
-            updates = jax.tree.map(
-                lambda u: u * present.reshape((1, -1) + (1,) * (u.ndim - 2)).astype(u.dtype), updates)
+
+            def keep_absent(new, old):  # slot axis is 1 in every [layers, slots, ...] leaf
+                return jnp.where(present.reshape((1, -1) + (1,) * (new.ndim - 2)), new, old)
+
+            updates = jax.tree.map(lambda u: keep_absent(u, jnp.zeros_like(u)), updates)
+            is_param = optax.tree_map_params(optimizer, lambda _: True, opt_state,
+                                             transform_non_params=lambda _: False)
+            opt_state = jax.tree.map(lambda param_like, new, old: keep_absent(new, old) if param_like else new,
+                                     is_param, opt_state, state.opt_state)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss_sum / weight, **{k: v / weight for k, v in sums.items()},
                    "grad_norm": optax.tree.norm(grads), "weight": weight}
@@ -213,17 +239,39 @@ class Trainer:
 
     def place(self, weights: dict) -> tuple[TrainState, dict]:
         """Splits weights into a fresh TrainState and frozen weights, each on its sharding."""
-        params, frozen = self.composition.split(weights)
+        return self.init_state(weights), self.place_frozen(weights)
+
+    def place_frozen(self, weights: dict) -> dict:
+        return jax.device_put(self.composition.split(weights)[1], self.frozen_shardings)
+
+    def init_state(self, weights: dict) -> TrainState:
         # The state is donated to the step, so it must not share buffers with the caller's arrays
         # (device_put may reuse one for a replicated shard even with may_alias=False).
-        params = self._copy_params(params)
-        frozen = jax.device_put(frozen, self.frozen_shardings)
-        state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh)),
-                           params=params, opt_state=self._init_opt(params))
-        return state, frozen
+        params = self._copy_params(self.composition.split(weights)[0])
+        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh)),
+                          params=params, opt_state=self._init_opt(params))
+
+    def abstract_state(self, weights: dict) -> TrainState:
+        """Shapes, dtypes and shardings of the state, for restoring a checkpoint without building one."""
+        shapes = jax.eval_shape(lambda w: self.init_state_shapes(w), weights)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                            self.state_shardings)
+
+    def init_state_shapes(self, weights: dict) -> TrainState:
+        params = self.composition.split(weights)[0]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params))
 
     def put_batch(self, local_batch: dict) -> dict:
-        """Host batch `[micro_batches, local_batch, ...]` -> global arrays sharded over the batch axis."""
+        """Host batch `[micro_batches, local_batch, ...]` -> global arrays sharded over the batch axis.
+
+        Organism ids are checked here, on the host: inside the jitted step an id outside the stack
+        would be silently clamped by the gather.
+        """
+        ids = local_batch.get("organism_ids")
+        if ids is not None:
+            for i, slot in enumerate(self.composition.adapters):
+                if slot.num_slots is not None:
+                    check_ids(ids, slot.num_slots, name=f"batch organism_ids (adapter {i})")
         return sharding.put_global_batch(local_batch, self.mesh, batch_axis=1, rules=self.rules)
 
     def step(self, state: TrainState, frozen: dict, batch: dict, rng: jax.Array):

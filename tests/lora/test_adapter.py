@@ -112,8 +112,12 @@ def test_unknown_target_and_bad_rank_are_refused():
         lora.LoraConfig(rank=0)
 
 
-def test_bfloat16_base_with_float32_adapter(setup):
-    _, organisms, ia = setup
-    bf16 = models.CausalLM(CONFIG.replace(dtype="bfloat16", param_dtype="bfloat16"), rngs=nnx.Rngs(0))
-    out = forward(bf16, TOKENS, [(organisms, np.zeros(5, np.int32)), (ia, None)])
-    assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
+def test_bfloat16_compute_with_float32_adapters_stays_close_to_float32(setup):
+    model, organisms, ia = setup
+    bf16 = models.CausalLM(CONFIG.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))  # same weights, bf16 compute
+    adapters = [(organisms, np.array([0, 1, 2, -1, 0], np.int32)), (ia, None)]
+    out = np.asarray(forward(bf16, TOKENS, adapters))
+    reference = np.asarray(forward(model, TOKENS, adapters))
+    assert out.dtype == np.float32
+    error = np.abs(out - reference).max() / np.abs(reference).max()
+    assert 1e-5 < error < 5e-2  # tiny random logits: relative error runs higher than on real models

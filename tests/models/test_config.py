@@ -34,7 +34,21 @@ def test_published_llama_3_3_70b_config():
     assert config.rope == models.RopeConfig(theta=500000.0, rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                             high_freq_factor=4.0, original_max_position_embeddings=8192)
     assert not config.tie_word_embeddings and not config.qk_norm and not config.qkv_bias
-    assert config.eos_token_id == [128001, 128008, 128009]
+    assert config.eos_token_id == (128001, 128008, 128009)
+    assert models.to_hf_dict(config)["eos_token_id"] == [128001, 128008, 128009]
+    hash(config)  # configs are static arguments of jitted functions
+
+
+def test_adapters_build_for_the_published_llama_config():
+    import jax
+
+    from ia_jax import lora
+
+    small = models.from_hf_dict({**LLAMA_3_3_70B_INSTRUCT, "hidden_size": 64, "intermediate_size": 96,
+                                 "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+                                 "head_dim": 8})
+    adapter = lora.init_adapter(small, lora.LoraConfig(rank=2), jax.random.key(0))
+    assert adapter.weights["q"]["lora_a"].shape == (2, 64, 2)
 
 
 def test_published_qwen3_config_has_decoupled_head_dim():

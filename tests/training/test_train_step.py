@@ -47,15 +47,15 @@ def weights():
     return graphdef, state, {"base": nnx.to_pure_dict(state), "adapters": [organisms, ia]}
 
 
-def _trainer(weights, trainable, optimizer, mesh, objective=ts.sft_objective):
+def _trainer(weights, trainable, optimizer, mesh, objective=ts.sft_objective, remat=False):
     graphdef, state, w = weights
     composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
-                                 trainable=trainable)
+                                 trainable=trainable, remat=remat)
     return ts.Trainer(composition, objective, optimizer, mesh, base_state=state, weights=w)
 
 
-def _one_step(weights, trainable, optimizer, mesh, batch, steps=1):
-    trainer = _trainer(weights, trainable, optimizer, mesh)
+def _one_step(weights, trainable, optimizer, mesh, batch, steps=1, remat=False):
+    trainer = _trainer(weights, trainable, optimizer, mesh, remat=remat)
     state, frozen = trainer.place(weights[2])
     metrics = []
     for _ in range(steps):
@@ -68,13 +68,16 @@ def _single_device_mesh():
     return make_mesh(1, 1, 1, devices=jax.devices()[:1])
 
 
-@pytest.mark.parametrize("trainable", [1, "base"])
-def test_mesh_2x2x2_matches_single_device(weights, trainable):
-    """With SGD(lr=1) the parameter change is minus the gradient, so this compares loss and gradients."""
+@pytest.mark.parametrize("trainable,micro_batches,remat", [(1, 1, False), ("base", 1, False), (0, 2, True)])
+def test_mesh_2x2x2_matches_single_device(weights, trainable, micro_batches, remat):
+    """With SGD(lr=1) the parameter change is minus the gradient, so this compares loss and gradients;
+    the sharded run also uses micro-batches and remat where the reference does not."""
     batch = _batch(1, 8)
-    before = weights[2]["adapters"][1] if trainable == 1 else weights[2]["base"]
+    before = weights[2]["base"] if trainable == "base" else weights[2]["adapters"][trainable]
     _, single, single_metrics = _one_step(weights, trainable, optax.sgd(1.0), _single_device_mesh(), batch)
-    trainer, sharded, sharded_metrics = _one_step(weights, trainable, optax.sgd(1.0), make_mesh(2, 2, 2), batch)
+    split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[2:]), batch)
+    trainer, sharded, sharded_metrics = _one_step(weights, trainable, optax.sgd(1.0), make_mesh(2, 2, 2), split,
+                                                  remat=remat)
     np.testing.assert_allclose(sharded_metrics[0]["loss"], single_metrics[0]["loss"], rtol=1e-5)
     grads_single = jax.tree.map(lambda b, a: np.asarray(b) - a, before, single)
     grads_sharded = jax.tree.map(lambda b, a: np.asarray(b) - a, before, sharded)
@@ -99,17 +102,36 @@ def test_gradient_accumulation_equals_one_big_batch(weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def _per_slot_change(before, after):
+    delta = np.abs(np.asarray(after) - np.asarray(before))
+    return delta.reshape(delta.shape[0], SLOTS, -1).max(axis=(0, 2))
+
+
 def test_stacked_step_changes_only_slots_in_the_batch(weights):
+    """Absent organisms keep their weights and their Adam moments, even after earlier steps moved them."""
     optimizer, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, weight_decay=0.1))
-    batch = _batch(1, 4, ids=[2, 0, 2, -1])
-    before = weights[2]["adapters"][0]
-    _, after, _ = _one_step(weights, 0, optimizer, _single_device_mesh(), batch)
-    for target in before:
+    trainer = _trainer(weights, 0, optimizer, _single_device_mesh())
+    state, frozen = trainer.place(weights[2])
+    state, _ = trainer.step(state, frozen, trainer.put_batch(_batch(1, 4, ids=[1, 3, 0, 2])), jax.random.key(0))
+    before = jax.device_get(state)
+    state, _ = trainer.step(state, frozen, trainer.put_batch(_batch(1, 4, seed=1, ids=[2, 0, 2, -1])),
+                            jax.random.key(0))
+    after = jax.device_get(state)
+    adam_before, adam_after = before.opt_state[1][0], after.opt_state[1][0]  # (clip, adamw) -> ScaleByAdamState
+    for target in before.params:
         for key in ("lora_a", "lora_b"):
-            delta = np.abs(np.asarray(after[target][key]) - np.asarray(before[target][key]))
-            per_slot = delta.reshape(delta.shape[0], SLOTS, -1).max(axis=(0, 2))
-            assert per_slot[0] > 0 and per_slot[2] > 0, (target, key)
-            assert per_slot[1] == 0 and per_slot[3] == 0, (target, key)
+            for old, new in ((before.params, after.params), (adam_before.mu, adam_after.mu),
+                             (adam_before.nu, adam_after.nu)):
+                per_slot = _per_slot_change(old[target][key], new[target][key])
+                assert per_slot[0] > 0 and per_slot[2] > 0, (target, key)
+                assert per_slot[1] == 0 and per_slot[3] == 0, (target, key)
+
+
+def test_ids_outside_the_stack_are_refused_before_the_step(weights):
+    trainer = _trainer(weights, 1, optax.sgd(1.0), _single_device_mesh())
+    with pytest.raises(lora.AdapterError, match=r"batch organism_ids \(adapter 0\): ids \[4\] are outside the "
+                                                r"stack of 4 adapters"):
+        trainer.put_batch(_batch(1, 4, ids=[0, 4, 1, -1]))
 
 
 def test_ia_training_lowers_loss_and_leaves_frozen_weights_alone(weights):
@@ -154,6 +176,27 @@ def test_reference_log_probs_are_each_pairs_own_unpadded_score(weights):
         logits = composition.forward(w, tokens, np.ones_like(tokens), np.array([pair["organism_id"]]))
         expected = losses.sequence_log_probs(logits, tokens, pair["rejected_loss_mask"][None])[0]
         np.testing.assert_allclose(pair["reference_rejected"], expected, rtol=1e-5)
+
+
+def test_dpo_padding_rows_do_not_count_as_pairs(weights):
+    """6 pairs in a batch of 8: the two padding rows must change neither the loss nor the metrics."""
+    graphdef, state, w = weights
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
+                                 trainable=1)
+    pairs = attach_reference_log_probs(_pairs(), composition, w, batch_size=4, buckets=(12,))
+    for pair in pairs:  # pretend the reference was another model, so the loss is not exactly log 2
+        pair["reference_chosen"] -= 0.5
+    metrics = {}
+    for batch_size in (6, 8):
+        trainer = ts.Trainer(composition, ts.dpo_objective(beta=0.1), optax.sgd(0.0), _single_device_mesh(),
+                             base_state=state, weights=w)
+        train_state, frozen = trainer.place(w)
+        batch = next(Batcher(pairs, batch_size=batch_size, buckets=(12,)))
+        _, metrics[batch_size] = jax.device_get(trainer.step(train_state, frozen, trainer.put_batch(batch),
+                                                             jax.random.key(0)))
+    assert metrics[8]["weight"] == metrics[6]["weight"] == 6
+    for key in ("loss", "preference_accuracy", "reward_margin", "chosen_reward"):
+        np.testing.assert_allclose(metrics[8][key], metrics[6][key], rtol=1e-5)
 
 
 def test_dpo_from_the_reference_starts_at_log2_and_learns_the_preference(weights):
