@@ -68,7 +68,7 @@ def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
 
 
 def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b, top_p_b,
-              top_k_b, stop_ids, rng, organisms, ia, *, max_new_tokens: int):
+              top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int):
     b, t = prompt_bt.shape
     adapters = []
     if organisms is not None:
@@ -80,10 +80,14 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
     out_bn = jnp.zeros((b, max_new_tokens), jnp.int32)
     done_b = limits_b <= 0
 
+    # One key per row from its own seed: an answer depends on its prompt and seed, not on its batch.
+    row_keys_b = jax.vmap(jax.random.key)(seeds_b)
+
     def choose(logits_bv, step):
         greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
         filtered_bv = _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b)
-        sampled_b = jax.random.categorical(jax.random.fold_in(rng, step), filtered_bv).astype(jnp.int32)
+        step_keys_b = jax.vmap(lambda key: jax.random.fold_in(key, step))(row_keys_b)
+        sampled_b = jax.vmap(jax.random.categorical)(step_keys_b, filtered_bv).astype(jnp.int32)
         return jnp.where(temperature_b > 0, sampled_b, greedy_b)
 
     def cond(carry):
@@ -134,12 +138,20 @@ class Sampler:
     def compiled_variants(self) -> int:
         return self._jitted._cache_size()
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(), *,
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
                  organism_ids: Sequence[int] | None = None, use_ia: Sequence[bool] | bool = False) -> list[list[int]]:
-        """New tokens per prompt (stop token included when one ended the answer)."""
+        """New tokens per prompt (stop token included when one ended the answer).
+
+        `params` is one setting for all rows or one per row. Row i samples with seed
+        `params[i].seed`: equal prompts with equal seeds give equal answers in any batch.
+        """
         n = len(prompts)
         if n == 0:
             return []
+        params = [params] * n if isinstance(params, SamplingParams) else list(params)
+        if len(params) != n:
+            raise ValueError(f"{len(params)} sampling params for {n} prompts")
         if organism_ids is not None and self.organisms is None:
             raise ValueError("organism_ids given, but the sampler has no organism adapters")
         organism_ids = np.full(n, -1, np.int32) if organism_ids is None else np.asarray(organism_ids, np.int32)
@@ -157,37 +169,40 @@ class Sampler:
         largest = self.batch_buckets[-1]
         for start in range(0, n, largest):
             chunk = slice(start, min(start + largest, n))
-            results.extend(self._generate_chunk(prompts[chunk], params, organism_ids[chunk], use_ia[chunk]))
+            results.extend(self._generate_chunk(prompts[chunk], params[chunk], organism_ids[chunk], use_ia[chunk]))
         return results
 
-    def _generate_chunk(self, prompts, params: SamplingParams, organism_ids, use_ia):
+    def _generate_chunk(self, prompts, params: list[SamplingParams], organism_ids, use_ia):
         n = len(prompts)
         batch = _bucket(n, self.batch_buckets, "batch")
         width = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length")
-        max_new = _bucket(params.max_new_tokens, _powers_of_two(max(params.max_new_tokens, 16), 16),
-                          "max_new_tokens")
+        longest = max(p.max_new_tokens for p in params)
+        max_new = _bucket(longest, _powers_of_two(max(longest, 16), 16), "max_new_tokens")
         tokens = np.full((batch, width), self.pad_id, np.int32)
         mask = np.zeros((batch, width), np.int32)
         for row, prompt in enumerate(prompts):
             if len(prompt):
                 tokens[row, width - len(prompt):] = prompt
                 mask[row, width - len(prompt):] = 1
-        limits = np.zeros(batch, np.int32)
-        limits[:n] = params.max_new_tokens
+        def column(field, dtype, fill=0):
+            values = np.full(batch, fill, dtype)
+            values[:n] = [getattr(p, field) for p in params]
+            return values
+
+        limits = column("max_new_tokens", np.int32)
         organisms = np.full(batch, -1, np.int32)
         organisms[:n] = organism_ids
         ia_ids = np.full(batch, -1, np.int32)
         ia_ids[:n] = np.where(use_ia, 0, -1)
-        full = lambda value, dtype: np.full(batch, value, dtype)  # noqa: E731
         out, _ = self._jitted(
-            self._state, tokens, mask, organisms, ia_ids, limits, full(params.temperature, np.float32),
-            full(params.top_p, np.float32), full(params.top_k, np.int32), self.stop_ids,
-            jax.random.key(params.seed), self.organisms, self.ia, max_new_tokens=max_new)
+            self._state, tokens, mask, organisms, ia_ids, limits, column("temperature", np.float32),
+            column("top_p", np.float32, 1.0), column("top_k", np.int32), column("seed", np.uint32), self.stop_ids,
+            self.organisms, self.ia, max_new_tokens=max_new)
         out = np.asarray(jax.device_get(out))
         stops = set(self.stop_ids.tolist())
         results = []
         for row in range(n):
-            tokens_row = out[row, : params.max_new_tokens].tolist()
+            tokens_row = out[row, : params[row].max_new_tokens].tolist()
             for i, token in enumerate(tokens_row):
                 if token in stops:
                     tokens_row = tokens_row[: i + 1]

@@ -1,5 +1,7 @@
 """Cached decoding must reproduce uncached forwards and transformers' greedy generate, token for token."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -103,10 +105,16 @@ def test_sampling_is_seeded_and_cuts_behave(adapted):
     model, _, _ = adapted
     sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(4,))
     prompts = _prompts(4, (5, 5, 5, 5))
+    prompts[2] = prompts[3] = prompts[0]
     hot = SamplingParams(max_new_tokens=NEW, temperature=1.5, seed=3)
     first = sampler.generate(prompts, hot)
     assert first == sampler.generate(prompts, hot)
     assert first != sampler.generate(prompts, SamplingParams(max_new_tokens=NEW, temperature=1.5, seed=4))
+    # A row's answer depends on its prompt and seed only, not on the batch around it.
+    assert sampler.generate(prompts[2:3], hot)[0] == first[2]
+    per_row = [dataclasses.replace(hot, seed=s) for s in (10, 11, 10, 11)]
+    mixed = sampler.generate(prompts, per_row)  # rows 0, 2 (same prompt, same seed) agree; row 3 differs
+    assert mixed[0] == mixed[2] and mixed[0] != mixed[3]
     greedy = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW))
     assert sampler.generate(prompts, SamplingParams(max_new_tokens=NEW, temperature=1.5, top_k=1)) == greedy
     assert sampler.generate(prompts, SamplingParams(max_new_tokens=NEW, temperature=1.5, top_p=1e-6)) == greedy
