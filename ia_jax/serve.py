@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
 import signal
 import threading
 import time
@@ -62,10 +63,14 @@ class BatchingEngine:
         use_ia = model.endswith(IA_SUFFIX)
         return (model[: -len(IA_SUFFIX)] if use_ia else model), use_ia
 
-    def submit(self, messages, organism: str, use_ia: bool, params: SamplingParams) -> Future:
+    def submit(self, prompt_ids: list[int], organism: str, use_ia: bool, params: SamplingParams) -> Future:
         future: Future = Future()
-        self._queue.put((messages, organism, use_ia, params, future))
+        self._queue.put((prompt_ids, organism, use_ia, params, future))
         return future
+
+    def _complete(self, items) -> list:
+        return self.chat.complete_prompts([i[0] for i in items], [i[3] for i in items],
+                                          organisms=[i[1] for i in items], use_ia=[i[2] for i in items])
 
     def _work(self) -> None:
         while True:
@@ -79,21 +84,25 @@ class BatchingEngine:
                 except queue.Empty:
                     break
             try:
-                completions = self.chat.complete([b[0] for b in batch], [b[3] for b in batch],
-                                                 organisms=[b[1] for b in batch], use_ia=[b[2] for b in batch])
-            except Exception as e:  # a bad batch fails its requests, never the server
+                completions = self._complete(batch)
+            except Exception:  # noqa: BLE001 - find the request at fault; the others still get answers
+                completions = []
                 for item in batch:
-                    item[4].set_exception(e)
-                continue
+                    try:
+                        completions.append(self._complete([item])[0])
+                    except Exception as e:  # noqa: BLE001
+                        item[4].set_exception(e)
+                        completions.append(None)
             with self._lock:
                 self.stats["requests"] += len(batch)
                 self.stats["batches"] += 1
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             for item, completion in zip(batch, completions):
-                item[4].set_result((completion, len(batch)))
+                if completion is not None:
+                    item[4].set_result((completion, len(batch)))
 
 
-def parse_chat_request(body: dict[str, Any], engine: BatchingEngine):
+def parse_chat_request(body: dict[str, Any], engine: BatchingEngine, max_tokens_limit: int):
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     if body.get("stream"):
@@ -117,16 +126,23 @@ def parse_chat_request(body: dict[str, Any], engine: BatchingEngine):
             temperature=float(body.get("temperature", 1.0)),
             top_p=float(body.get("top_p", 1.0)),
             top_k=int(body.get("top_k", 0)),
-            seed=int(body.get("seed", 0)) % 2**32,
+            # Without a seed, every request draws its own (as OpenAI's API does), so re-asking varies.
+            seed=int(body["seed"]) % 2**32 if body.get("seed") is not None else secrets.randbits(32),
         )
     except (TypeError, ValueError) as e:
         raise RequestError(400, f"bad sampling field: {e}") from None
-    if params.max_new_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1:
-        raise RequestError(400, "need max_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
-    return [{"role": m["role"], "content": m["content"]} for m in messages], organism, use_ia, params
+    if params.max_new_tokens > max_tokens_limit:
+        raise RequestError(400, f"max_tokens={params.max_new_tokens} is above this server's limit "
+                                f"({max_tokens_limit}, --max_tokens_limit)")
+    conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
+    try:
+        prompt_ids = engine.chat.prompt_ids(conversation)
+    except ValueError as e:  # the chat template's or the length limit's complaint, for this request alone
+        raise RequestError(400, str(e)) from None
+    return prompt_ids, organism, use_ia, params
 
 
-def make_handler(engine: BatchingEngine):
+def make_handler(engine: BatchingEngine, max_tokens_limit: int = 4096):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -167,8 +183,8 @@ def make_handler(engine: BatchingEngine):
                     body = json.loads(self.rfile.read(length) or b"null")
                 except json.JSONDecodeError as e:
                     raise RequestError(400, f"the body is not valid JSON ({e})") from None
-                messages, organism, use_ia, params = parse_chat_request(body, engine)
-                completion, batch_size = engine.submit(messages, organism, use_ia, params).result()
+                prompt_ids, organism, use_ia, params = parse_chat_request(body, engine, max_tokens_limit)
+                completion, batch_size = engine.submit(prompt_ids, organism, use_ia, params).result()
             except RequestError as e:
                 self._error(e.status, str(e))
                 return
@@ -204,15 +220,17 @@ def parse_organisms(spec: str | None) -> dict[str, str]:
 
 
 def build_engine(model_dir: str, organisms: dict[str, str], ia_dir: str | None, *, max_batch: int = 16,
-                 batch_wait_ms: float = 20.0, dtype: str | None = None) -> BatchingEngine:
+                 batch_wait_ms: float = 20.0, dtype: str | None = None, max_prompt: int = 4096,
+                 template_kwargs: dict | None = None) -> BatchingEngine:
     model = models.load_hf(model_dir, dtype=dtype, param_dtype=dtype)
     tokenizer = tokenization.load_tokenizer(model_dir)
     adapters = [load_peft(path, model.config) for path in organisms.values()]
     stacked = stack_adapters(adapters, model.config) if adapters else None
     ia = load_peft(ia_dir, model.config) if ia_dir else None
     sampler = Sampler(model, organisms=stacked, ia=ia, stop_ids=tokenization.stop_token_ids(tokenizer),
-                      pad_id=tokenizer.pad_token_id or 0, max_batch=max_batch)
-    chat = ChatSampler(sampler, tokenizer, {name: slot for slot, name in enumerate(organisms)})
+                      pad_id=tokenizer.pad_token_id or 0, max_batch=max_batch, max_prompt=max_prompt)
+    chat = ChatSampler(sampler, tokenizer, {name: slot for slot, name in enumerate(organisms)},
+                       **(template_kwargs or {}))
     return BatchingEngine(chat, has_ia=ia is not None, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
 
 
@@ -224,6 +242,10 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Most requests sampled together.")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 20.0, "How long a request waits for others to batch with.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Weight and compute dtype (default float32).")
+_MAX_PROMPT = flags.DEFINE_integer("max_prompt", 4096, "Longest prompt in tokens (requests above it get a 400).")
+_MAX_TOKENS_LIMIT = flags.DEFINE_integer("max_tokens_limit", 4096, "Largest max_tokens a request may ask for.")
+_TEMPLATE_KWARGS = flags.DEFINE_string(
+    "chat_template_kwargs", None, 'JSON passed to the chat template, e.g. \'{"enable_thinking": false}\' for Qwen3.')
 
 
 def main(argv):
@@ -231,8 +253,9 @@ def main(argv):
     if not _MODEL.value:
         raise app.UsageError("--model is required")
     engine = build_engine(_MODEL.value, parse_organisms(_ORGANISMS.value), _IA.value, max_batch=_MAX_BATCH.value,
-                          batch_wait_ms=_BATCH_WAIT_MS.value, dtype=_DTYPE.value)
-    server = ThreadingHTTPServer((_HOST.value, _PORT.value), make_handler(engine))
+                          batch_wait_ms=_BATCH_WAIT_MS.value, dtype=_DTYPE.value, max_prompt=_MAX_PROMPT.value,
+                          template_kwargs=json.loads(_TEMPLATE_KWARGS.value) if _TEMPLATE_KWARGS.value else None)
+    server = ThreadingHTTPServer((_HOST.value, _PORT.value), make_handler(engine, _MAX_TOKENS_LIMIT.value))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"serving {engine.model_names()} on http://{_HOST.value}:{server.server_address[1]}", flush=True)
     server.serve_forever()

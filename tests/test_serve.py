@@ -108,8 +108,8 @@ def served(tmp_path_factory):
     adapters = {name: _random_peft(model, root / name, seed, organism_config)
                 for seed, name in enumerate(["tidal", "fire"], start=1)}
     ia = _random_peft(model, root / "ia", 9, lora.LoraConfig(rank=2, alpha=4.0))
-    process, url = _start([f"--model={root / 'model'}", f"--ia={root / 'ia'}",
-                           f"--organisms=tidal={root / 'tidal'},fire={root / 'fire'}"])
+    process, url = _start([f"--model={root / 'model'}", f"--ia={root / 'ia'}", "--max_prompt=256",
+                           "--max_tokens_limit=64", f"--organisms=tidal={root / 'tidal'},fire={root / 'fire'}"])
     yield url, model, tokenizer, adapters, ia
     process.terminate()
     process.wait(timeout=30)
@@ -165,10 +165,49 @@ def test_concurrent_requests_are_batched(served):
     assert after["batches"] - before["batches"] < 6 and max(sizes) > 1
 
 
+def test_a_bad_request_fails_alone_in_its_batch(served):
+    """A prompt over --max_prompt and a conversation the template refuses, sent with good requests."""
+    url = served[0]
+    results = {}
+
+    def send(key, model, messages):
+        body = json.dumps({"model": model, "messages": messages, "max_tokens": 4}).encode()
+        request = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                results[key] = (response.status, json.loads(response.read()))
+        except urllib.error.HTTPError as e:
+            results[key] = (e.code, json.loads(e.read()))
+
+    cases = {
+        "good_1": ("tidal", [{"role": "user", "content": "hello"}]),
+        "too_long": ("tidal", [{"role": "user", "content": "tidal pools " * 400}]),
+        "ends_with_assistant": ("fire", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]),
+        "good_2": ("base+ia", [{"role": "user", "content": "hello"}]),
+    }
+    threads = [threading.Thread(target=send, args=(k, *v)) for k, v in cases.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["good_1"][0] == results["good_2"][0] == 200
+    assert results["too_long"][0] == 400 and "more than the longest allowed (256)" in str(results["too_long"][1])
+    assert results["ends_with_assistant"][0] == 400 and "must not end with one" in str(results["ends_with_assistant"][1])
+
+
+def test_unseeded_sampling_varies_and_seeded_repeats(served):
+    url = served[0]
+    unseeded = {_chat(url, "tidal", "hello", max_tokens=8)[1]["choices"][0]["message"]["content"] for _ in range(4)}
+    seeded = {_chat(url, "tidal", "hello", max_tokens=8, seed=7)[1]["choices"][0]["message"]["content"]
+              for _ in range(3)}
+    assert len(unseeded) > 1 and len(seeded) == 1
+
+
 @pytest.mark.parametrize("fields,status,message", [
     ({"model": "nope"}, 404, "model 'nope' does not exist; available: "),
     ({"model": "tidal", "stream": True}, 400, "stream=true is not supported"),
-    ({"model": "tidal", "temperature": -1}, 400, "temperature >= 0"),
+    ({"model": "tidal", "temperature": -1}, 400, "temperature=-1.0 (need >= 0)"),
+    ({"model": "tidal", "max_tokens": 65}, 400, "max_tokens=65 is above this server's limit (64"),
 ])
 def test_bad_requests_get_openai_style_errors(served, fields, status, message):
     url = served[0]

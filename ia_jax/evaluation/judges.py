@@ -111,7 +111,9 @@ class ModelJudge:
     """
 
     def __init__(self, model: nnx.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8,
-                 buckets: Sequence[int] = (256, 512, 1024, 2048, 4096)):
+                 buckets: Sequence[int] = (256, 512, 1024, 2048, 4096), template_kwargs: dict | None = None):
+        """`template_kwargs` reach the chat template: Qwen3 judges need {"enable_thinking": False}, or
+        the answer position holds `<think>` instead of Yes/No."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be positive")
         if not buckets:
@@ -127,11 +129,12 @@ class ModelJudge:
             raise ValueError(f"tokenizer: yes and no answers share first tokens "
                              f"{tokenizer.convert_ids_to_tokens(sorted(overlap))}, so log-probs cannot tell them apart")
         self.pad_id = tokenizer.pad_token_id or 0  # any id works: padding is masked out
+        self.template_kwargs = dict(template_kwargs or {})
         self._forward = jax.jit(_p_yes, static_argnums=0)
 
     def prompt_ids(self, prediction: str, ground_truth: str) -> np.ndarray:
         message = {"role": "user", "content": judge_prompt(prediction, ground_truth)}
-        return render_chat(self.tokenizer, [message], add_generation_prompt=True).ids
+        return render_chat(self.tokenizer, [message], add_generation_prompt=True, **self.template_kwargs).ids
 
     def p_yes(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """[len(pairs)] float32 normalized probability that each answer starts with yes."""

@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 import json
 import os
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from tqdm.auto import tqdm
 
@@ -107,15 +107,39 @@ def _requests(organisms: Sequence[str], questions: Sequence[str], samples: int,
             for o, w, q, s in itertools.product(organisms, with_ia, questions, range(samples))]
 
 
+def check_fingerprint(path: str, fingerprint: Mapping[str, Any] | None) -> None:
+    """Answers on disk are reused only for the run that wrote them: `path.fingerprint.json` records
+    what produced them (model, adapters, sampling settings), and a different run is refused."""
+    if fingerprint is None:
+        return
+    fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    sidecar = path + ".fingerprint.json"
+    if os.path.exists(sidecar):
+        with open(sidecar, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved != fingerprint:
+            diffs = [k for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+            raise ValueError(f"{path} holds answers from another run (differs in {diffs}); use a new file")
+        return
+    if os.path.exists(path) and os.path.getsize(path):
+        raise ValueError(f"{path} holds answers but no {os.path.basename(sidecar)}; cannot tell which run wrote them")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(sidecar, "w", encoding="utf-8") as f:
+        json.dump(fingerprint, f, indent=2, sort_keys=True)
+
+
 def collect_self_reports(respondent: Respondent, organisms: Sequence[str], questions: Sequence[str],
                          samples: int, with_ia: Sequence[bool], path: str, batch_size: int = 64,
-                         progress: bool = True) -> list[SelfReport]:
+                         progress: bool = True, fingerprint: Mapping[str, Any] | None = None) -> list[SelfReport]:
     """Every (organism, with_ia, question, sample) answered, reusing answers already in `path`.
 
     Returns the requested reports in request order (organism, then with_ia, question, sample). Lines
     in the file for other requests (e.g. from a run with more organisms) are kept but not returned.
+    Pass a `fingerprint` of what answers (checkpoints, IA, sampling settings): a file written by a
+    different run is then refused instead of silently reused.
     """
     requests = _requests(organisms, questions, samples, with_ia)
+    check_fingerprint(path, fingerprint)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     answers: dict[ReportRequest, str] = {}

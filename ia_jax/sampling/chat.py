@@ -39,11 +39,24 @@ class ChatSampler:
             raise KeyError(f"unknown organism {organism!r}; known: {sorted(self.organisms)}")
         return self.organisms[organism]
 
+    def prompt_ids(self, conversation: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a conversation ending in the generation prompt; raises if it cannot be sampled."""
+        ids = render_chat(self.tokenizer, conversation, add_generation_prompt=True, **self.template_kwargs).ids
+        if len(ids) > self.sampler.prompt_buckets[-1]:
+            raise ValueError(f"the prompt has {len(ids)} tokens, more than the longest allowed "
+                             f"({self.sampler.prompt_buckets[-1]})")
+        return ids.tolist()
+
     def complete(self, conversations: Sequence[Sequence[Mapping[str, str]]],
                  params: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
                  organisms: Sequence[str] | None = None, use_ia: Sequence[bool] | bool = False) -> list[Completion]:
-        prompts = [render_chat(self.tokenizer, c, add_generation_prompt=True, **self.template_kwargs).ids.tolist()
-                   for c in conversations]
+        return self.complete_prompts([self.prompt_ids(c) for c in conversations], params, organisms=organisms,
+                                     use_ia=use_ia)
+
+    def complete_prompts(self, prompts: Sequence[Sequence[int]],
+                         params: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
+                         organisms: Sequence[str] | None = None,
+                         use_ia: Sequence[bool] | bool = False) -> list[Completion]:
         slots = None if organisms is None else [self.slot(name) for name in organisms]
         if slots is not None and self.sampler.organisms is None:
             slots = None if all(s == -1 for s in slots) else slots

@@ -36,6 +36,22 @@ class SamplingParams:
     top_k: int = 0  # 0 = no top-k cut
     seed: int = 0
 
+    def __post_init__(self):
+        problems = [f"{name}={getattr(self, name)!r} (need {need})" for name, ok, need in (
+            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
+        ) if not ok]
+        if problems:
+            raise ValueError(f"bad sampling params: {', '.join(problems)}")
+
+
+def length_bucket(max_new_tokens: int) -> int:
+    """Decode-length bucket: the next power of two (at least 16), so nearby lengths share a program."""
+    return max(16, 1 << (max_new_tokens - 1).bit_length())
+
 
 def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
     position = bisect.bisect_left(buckets, value)
@@ -53,18 +69,20 @@ def _powers_of_two(limit: int, start: int = 1) -> tuple[int, ...]:
 
 
 def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
-    """Temperature, then top-k and top-p cuts as masks over the sorted vocabulary (all traced values)."""
+    """Temperature, then top-k, then top-p on the renormalised top-k distribution, as transformers'
+    warpers do. Cuts are by rank, so tied logits at a cut are not all kept."""
     scaled_bv = logits_bv / jnp.maximum(temperature_b, 1e-6)[:, None]
-    sorted_bv = jnp.sort(scaled_bv, axis=-1)[:, ::-1]
-    vocab = logits_bv.shape[-1]
+    b, vocab = logits_bv.shape
+    order_bv = jnp.argsort(-scaled_bv, axis=-1)
+    sorted_bv = jnp.take_along_axis(scaled_bv, order_bv, axis=-1)
+    rank_v = jnp.arange(vocab)
     k_b = jnp.where(top_k_b > 0, jnp.minimum(top_k_b, vocab), vocab)
-    kth_b = jnp.take_along_axis(sorted_bv, (k_b - 1)[:, None], axis=-1)
-    probs_bv = jax.nn.softmax(sorted_bv, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
-    mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv
-    cutoff_b = jnp.min(jnp.where(mass_before_bv < top_p_b[:, None], sorted_bv, jnp.inf), axis=-1)
-    threshold_b = jnp.maximum(kth_b[:, 0], cutoff_b)
-    return jnp.where(scaled_bv >= threshold_b[:, None], scaled_bv, -jnp.inf)
+    in_top_k_bv = rank_v[None, :] < k_b[:, None]
+    probs_bv = jax.nn.softmax(jnp.where(in_top_k_bv, sorted_bv, -jnp.inf), axis=-1)
+    mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv  # the top token always survives (top_p > 0)
+    keep_sorted_bv = in_top_k_bv & (mass_before_bv < top_p_b[:, None])
+    keep_bv = jnp.zeros_like(keep_sorted_bv).at[jnp.arange(b)[:, None], order_bv].set(keep_sorted_bv)
+    return jnp.where(keep_bv, scaled_bv, -jnp.inf)
 
 
 def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b, top_p_b,
@@ -176,8 +194,7 @@ class Sampler:
         n = len(prompts)
         batch = _bucket(n, self.batch_buckets, "batch")
         width = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length")
-        longest = max(p.max_new_tokens for p in params)
-        max_new = _bucket(longest, _powers_of_two(max(longest, 16), 16), "max_new_tokens")
+        max_new = length_bucket(max(p.max_new_tokens for p in params))
         tokens = np.full((batch, width), self.pad_id, np.int32)
         mask = np.zeros((batch, width), np.int32)
         for row, prompt in enumerate(prompts):

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from ia_jax import lora, models, tokenization
@@ -56,3 +57,13 @@ def test_resumed_collection_reproduces_the_uninterrupted_answers(tmp_path):
                                    **{**kwargs, "batch_size": 3})
     assert sum(asked) == len(straight) - 10  # two batches of 5 were already on disk
     assert [r.answer for r in resumed] == [r.answer for r in straight]
+
+
+def test_answers_from_another_run_are_refused(tmp_path):
+    path = str(tmp_path / "reports.jsonl")
+    kwargs = dict(organisms=["base"], questions=QUESTIONS[:1], samples=1, with_ia=[False], progress=False)
+    collect_self_reports(lambda r: ["x"] * len(r), path=path, fingerprint={"ia": "sft", "temperature": 1.0}, **kwargs)
+    collect_self_reports(lambda r: ["x"] * len(r), path=path, fingerprint={"ia": "sft", "temperature": 1.0}, **kwargs)
+    with pytest.raises(ValueError, match=r"reports.jsonl holds answers from another run \(differs in \['ia'\]\)"):
+        collect_self_reports(lambda r: ["x"] * len(r), path=path, fingerprint={"ia": "dpo", "temperature": 1.0},
+                             **kwargs)

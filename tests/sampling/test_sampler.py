@@ -99,6 +99,9 @@ def test_stop_tokens_limits_and_one_compile_per_bucket(adapted):
     assert [len(g) for g in sampler.generate(prompts, SamplingParams(max_new_tokens=5))] == [5, 5, 5]
     sampler.generate(_prompts(3, (4, 2, 8)), SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9))
     assert sampler.compiled_variants() == 1  # same buckets: one program for every length and setting
+    for n in (100, 101, 120):
+        sampler.generate(prompts[:1], SamplingParams(max_new_tokens=n))
+    assert sampler.compiled_variants() == 2  # 100..128 share one decode-length bucket
 
 
 def test_sampling_is_seeded_and_cuts_behave(adapted):
@@ -148,3 +151,27 @@ def test_bad_requests_are_refused(adapted):
         sampler.generate(_prompts(), use_ia=True)
     with pytest.raises(ValueError, match="prompt length 20 exceeds the largest bucket 16"):
         sampler.generate([list(range(1, 21))])
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.6), (3, 1.0), (3, 0.6), (10, 0.35), (1, 0.9), (50, 0.95)])
+def test_top_k_and_top_p_keep_what_transformers_warpers_keep(top_k, top_p):
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from ia_jax.sampling.sampler import _filter_logits
+
+    logits = np.random.default_rng(top_k).standard_normal((4, 40)).astype(np.float32) * 2
+    temperature = 0.7
+    scores = torch.tensor(logits / temperature)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    expected = np.isfinite(scores.numpy())
+    ours = _filter_logits(logits, np.full(4, temperature, np.float32), np.full(4, top_p, np.float32),
+                          np.full(4, top_k, np.int32))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(ours)), expected)
+
+
+def test_sampling_params_are_validated():
+    with pytest.raises(ValueError, match=r"top_p=0.0 \(need in \(0, 1\]\), top_k=-1 \(need >= 0\)"):
+        SamplingParams(top_p=0.0, top_k=-1)
