@@ -10,6 +10,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["ia_jax", "ia_jax.*"]),
+    package_data={"ia_jax.behaviors": ["library/*.json", "prompts/*.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",
