@@ -41,7 +41,7 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
         if checkpointer is not None:
             checkpointer.save(step + 1, state, batcher.position, force=step + 1 == steps)
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            logged = {"step": step + 1, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+            logged = {"step": step + 1, **{k: v.tolist() for k, v in jax.device_get(metrics).items()}}
             history.append(logged)
             progress.set_postfix(loss=f"{logged['loss']:.4f}")
             if on_metrics is not None:

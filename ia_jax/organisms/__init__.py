@@ -1,0 +1,1 @@
+"""Model organisms: many LoRA organisms trained in one job over one base."""

@@ -1,0 +1,133 @@
+"""Many organisms trained in one job, over one copy of the base weights.
+
+Each organism is a slot of one stacked LoRA adapter; every example is routed to its organism's slot,
+so a batch mixes organisms and the base is loaded once however many organisms there are (the
+published run trained 682). Each organism keeps its own example count and number of epochs: its
+examples are repeated that many times in the job's single pass, shuffled together with the others.
+Slots absent from a batch keep their weights and optimizer moments, so an organism's training does
+not depend on which others share the job. Per-organism losses are logged for curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ia_jax.data.batching import Batcher
+from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
+from ia_jax.parallel.sharding import make_mesh
+from ia_jax.training import losses
+from ia_jax.training import train_step as ts
+from ia_jax.training.checkpoints import Checkpointer
+from ia_jax.training.loop import run_training
+from ia_jax.training.optimizer import OptimizerConfig, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class OrganismRecipe:
+    """The knobs of published organism recipes; `epochs` is the default an organism may override."""
+
+    lora: LoraConfig = LoraConfig(rank=16, alpha=32.0, dropout=0.05)
+    learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 8
+    micro_batches: int = 1  # effective batch = batch_size * micro_batches
+    buckets: tuple[int, ...] = (64, 128, 256, 512)
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OrganismData:
+    name: str
+    examples: Sequence[dict]  # {"tokens", "loss_mask"}: tokenized chats without the teacher's system prompt
+    epochs: int | None = None
+
+
+def per_organism_objective(num_organisms: int) -> ts.Objective:
+    """SFT, plus each organism's summed loss and token count (ratios give per-organism curves)."""
+
+    def objective(forward, batch):
+        ids = batch["organism_ids"]
+        logits = forward(batch["tokens"], batch["attention_mask"], ids)
+        loss_sum, count, sums = losses.sft_sums(logits, batch["tokens"], batch["loss_mask"])
+        mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        nll_b = -jnp.sum(losses.token_log_probs(logits[:, :-1], batch["tokens"][:, 1:]) * mask, axis=-1)
+        slots = jnp.where(ids >= 0, ids, num_organisms)  # padding rows go to a spill slot, then dropped
+        sums["organism_nll"] = jax.ops.segment_sum(nll_b, slots, num_organisms + 1)[:num_organisms]
+        sums["organism_tokens"] = jax.ops.segment_sum(jnp.sum(mask, -1), slots, num_organisms + 1)[:num_organisms]
+        return loss_sum, count, sums
+
+    return objective
+
+
+def _job_examples(organisms: Sequence[OrganismData], recipe: OrganismRecipe) -> list[dict]:
+    examples = []
+    for slot, organism in enumerate(organisms):
+        if not organism.examples:
+            raise ValueError(f"organism {organism.name!r} has no training examples")
+        for _ in range(organism.epochs or recipe.epochs):
+            examples.extend({"tokens": np.asarray(e["tokens"], np.int32),
+                             "loss_mask": np.asarray(e["loss_mask"], np.int32), "organism_id": slot}
+                            for e in organism.examples)
+    return examples
+
+
+def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], recipe: OrganismRecipe, workdir: str,
+                    *, mesh=None, log_every: int = 5) -> tuple[LoraAdapter, list[dict]]:
+    """Trains every organism in one job; returns the stacked adapter and the logged metrics.
+
+    Re-running with the same arguments resumes from `workdir/checkpoints`. Per-organism losses of each
+    logged step go to `workdir/organism_losses.jsonl` (one line per step: {step, loss: {name: value}}).
+    """
+    names = [o.name for o in organisms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"organism names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    model_config = nnx.merge(graphdef, base_state).config
+    num = len(organisms)
+    examples = _job_examples(organisms, recipe)
+    per_batch = recipe.batch_size * recipe.micro_batches
+    steps = math.ceil(len(examples) / per_batch)
+    batcher = Batcher(examples, batch_size=recipe.batch_size, micro_batches=recipe.micro_batches,
+                      buckets=recipe.buckets, seed=recipe.seed, process_index=jax.process_index(),
+                      process_count=jax.process_count())
+    # Bucketed batches leave padding rows, so a pass may take a few more steps than examples / batch.
+    steps = max(steps, batcher.batches_per_epoch())
+    optimizer_config = OptimizerConfig(learning_rate=recipe.learning_rate, warmup_steps=min(recipe.warmup_steps, steps),
+                                       total_steps=steps, weight_decay=recipe.weight_decay)
+    optimizer, schedule = make_optimizer(optimizer_config)
+    adapter = init_adapter(model_config, recipe.lora, jax.random.key(recipe.seed), num_slots=num)
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(recipe.lora, num),), trainable=0)
+    weights = {"base": nnx.to_pure_dict(base_state), "adapters": [adapter.weights]}
+    trainer = ts.Trainer(composition, per_organism_objective(num), optimizer, mesh or make_mesh(data=-1, fsdp=1),
+                         base_state=base_state, weights=weights, schedule=schedule)
+    os.makedirs(workdir, exist_ok=True)
+    fingerprint = {"organisms": names, "examples": [len(o.examples) for o in organisms],
+                   "epochs": [o.epochs or recipe.epochs for o in organisms], "recipe": dataclasses.asdict(recipe),
+                   "model": dataclasses.asdict(model_config)}
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), fingerprint=fingerprint,
+                                save_every=recipe.checkpoint_every)
+    curves_path = os.path.join(workdir, "organism_losses.jsonl")
+
+    def log_organisms(step, metrics):
+        nll, tokens = np.asarray(metrics["organism_nll"]), np.asarray(metrics["organism_tokens"])
+        seen = {names[i]: float(nll[i] / tokens[i]) for i in range(num) if tokens[i] > 0}
+        with open(curves_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "loss": seen}) + "\n")
+
+    state, history = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
+                                  checkpointer=checkpointer, log_every=log_every, description="organisms",
+                                  on_metrics=log_organisms)
+    checkpointer.close()
+    return LoraAdapter(weights=jax.device_get(state.params), config=recipe.lora, num_slots=num), history
+
