@@ -1,0 +1,1 @@
+"""Stage datasets: TFDS array_record files written and read without TensorFlow."""
