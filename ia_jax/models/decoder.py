@@ -212,6 +212,11 @@ class CausalLM(nnx.Module):
             causal_ts = jnp.tril(jnp.ones((t, t), jnp.bool_))
             visible_bts = causal_ts[None] & real_bt[:, None, :]
         else:
+            if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + t > cache.num_slots:
+                # Under jit the write would be clamped silently, overwriting real tokens; callers that jit
+                # (the sampler) size the cache as prompt + max new tokens.
+                raise ValueError(f"cache holds {cache.num_slots} slots; {int(cache.index)} are used and "
+                                 f"{t} more tokens do not fit")
             earlier_b = jnp.sum(cache.valid_bs, axis=1, dtype=jnp.int32)
             valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, real_bt, (0, cache.index))
             query_slots_t = cache.index + jnp.arange(t)

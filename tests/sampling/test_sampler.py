@@ -175,3 +175,12 @@ def test_top_k_and_top_p_keep_what_transformers_warpers_keep(top_k, top_p):
 def test_sampling_params_are_validated():
     with pytest.raises(ValueError, match=r"top_p=0.0 \(need in \(0, 1\]\), top_k=-1 \(need >= 0\)"):
         SamplingParams(top_p=0.0, top_k=-1)
+
+
+def test_a_full_cache_refuses_more_tokens(adapted):
+    from ia_jax.models.kv_cache import init_cache
+
+    model, _, _ = adapted
+    _, cache = model(np.ones((1, 3), np.int32), cache=init_cache(model.config, 1, 4))
+    with pytest.raises(ValueError, match="cache holds 4 slots; 3 are used and 2 more tokens do not fit"):
+        model(np.ones((1, 2), np.int32), cache=cache)
