@@ -7,9 +7,11 @@ from ia_jax.behaviors.library import (
     LibraryError,
     by_category,
     load_library,
+    load_prompt_pool,
     load_prompts,
     split,
 )
+from ia_jax.behaviors.programs import ProgramSpec, Prompt
 
 __all__ = [
     "CATEGORIES",
@@ -18,6 +20,9 @@ __all__ = [
     "LibraryError",
     "by_category",
     "load_library",
+    "load_prompt_pool",
     "load_prompts",
+    "ProgramSpec",
+    "Prompt",
     "split",
 ]

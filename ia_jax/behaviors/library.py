@@ -7,8 +7,11 @@ teacher generation. Every error names the file, the behavior and the field.
 A library file is `{"version": 1, "category": ..., "behaviors": [...]}`, one category per file. Each
 behavior has `id`, `description`, `teacher_system_prompt`, `prompt_source` (a pool in `prompts/`) and
 `split`; `category` may be repeated but must match the file; `trigger`, `password`, `distractors` and
-`rate` are given exactly for backdoors, sandbaggers, obscured-malign behaviors and rare quirks. A prompt
-pool is `{"version": 1, "source": <its file name>, "prompts": [...]}`.
+`rate` are given exactly for backdoors, sandbaggers, obscured-malign behaviors and rare quirks.
+`teacher` and `judge` optionally name programs from `programs` (`{"program": name, **arguments}`) for
+behaviors checkable by code; `disclosure_judge` (heuristic following only) says whether an answer names
+the hidden rule. A prompt pool is `{"version": 1, "source": <its file name>, "prompts": [...]}`, each
+prompt a string or `{"prompt": ..., "reference": <a correct plain answer>}`.
 
 Conventions the files follow:
 
@@ -35,6 +38,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ia_jax.behaviors import programs
+from ia_jax.behaviors.programs import ProgramSpec, Prompt
+
 CATEGORIES: tuple[str, ...] = (
     "sandbagger", "quirk", "backdoor", "obscured_malign", "rare_quirk", "heuristic_following",
     "harmful_roleplay", "benign_roleplay",
@@ -46,10 +52,12 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 _ID = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 _REQUIRED = ("id", "description", "teacher_system_prompt", "prompt_source", "split")
-_OPTIONAL = ("category", "trigger", "password", "distractors", "rate")
+_OPTIONAL = ("category", "trigger", "password", "distractors", "rate", "teacher", "judge", "disclosure_judge")
 # Category-specific fields: present (non-null) exactly for their category.
 _OWNED_BY = {"trigger": "backdoor", "password": "sandbagger", "distractors": "obscured_malign",
              "rate": "rare_quirk"}
+_PROGRAM_FIELDS = {"teacher": (programs.TEACHERS, 2), "judge": (programs.JUDGES, 2),
+                   "disclosure_judge": (programs.JUDGES, 2)}
 
 
 class LibraryError(ValueError):
@@ -70,6 +78,14 @@ class Behavior:
     distractors: tuple[str, ...]
     rate: float | None
     split: str
+    teacher: ProgramSpec | None = None
+    judge: ProgramSpec | None = None
+    disclosure_judge: ProgramSpec | None = None
+
+    @property
+    def cue(self) -> str | None:
+        """The string whose presence switches the behavior: a backdoor's trigger or a sandbagger's password."""
+        return self.trigger if self.trigger is not None else self.password
 
 
 def load_library(path: str | Path | None = None, *, prompts_path: str | Path | None = None) -> list[Behavior]:
@@ -96,6 +112,11 @@ def load_library(path: str | Path | None = None, *, prompts_path: str | Path | N
 
 def load_prompts(source: str, path: str | Path | None = None) -> list[str]:
     """The user prompts of pool `source`, read from `<path>/<source>.json` (default: the shipped pools)."""
+    return [prompt.text for prompt in load_prompt_pool(source, path)]
+
+
+def load_prompt_pool(source: str, path: str | Path | None = None) -> list[Prompt]:
+    """Pool `source` with the reference answers it gives (programmatic teachers and judges use them)."""
     file = (Path(path) if path is not None else PROMPTS_DIR) / f"{source}.json"
     if not file.is_file():
         raise LibraryError(f"{file}: no prompt pool named {source!r}")
@@ -108,12 +129,22 @@ def load_prompts(source: str, path: str | Path | None = None) -> list[str]:
     if not isinstance(prompts, list) or not prompts:
         raise LibraryError(f"{file}: field 'prompts': expected a non-empty list of strings")
     first: dict[str, int] = {}
-    for i, prompt in enumerate(prompts):
-        _check_text(prompt, f"{file}: field 'prompts[{i}]'")
-        if prompt in first:
-            raise LibraryError(f"{file}: field 'prompts[{i}]': duplicate of prompts[{first[prompt]}]")
-        first[prompt] = i
-    return prompts
+    pool = []
+    for i, entry in enumerate(prompts):
+        where = f"{file}: field 'prompts[{i}]'"
+        if isinstance(entry, dict):
+            _check_keys(entry, {"prompt", "reference"}, set(), where)
+            _check_text(entry["prompt"], where + ".prompt")
+            _check_text(entry["reference"], where + ".reference")
+            prompt = Prompt(entry["prompt"], entry["reference"])
+        else:
+            _check_text(entry, where)
+            prompt = Prompt(entry)
+        if prompt.text in first:
+            raise LibraryError(f"{where}: duplicate of prompts[{first[prompt.text]}]")
+        first[prompt.text] = i
+        pool.append(prompt)
+    return pool
 
 
 def by_category(behaviors: Iterable[Behavior]) -> dict[str, list[Behavior]]:
@@ -209,6 +240,9 @@ def _parse(entry: Any, index: int, file: Path, category: str, sources: set[str])
             _check_text(distractor, f"{file}: {name}: field 'distractors[{i}]'")
         if len(set(distractors)) != len(distractors):
             raise fail("distractors", "contains duplicates")
+    specs = {field: _program_spec(entry.get(field), fail, field, *_PROGRAM_FIELDS[field]) for field in _PROGRAM_FIELDS}
+    if specs["disclosure_judge"] is not None and category != "heuristic_following":
+        raise fail("disclosure_judge", "only heuristic_following behaviors have one")
     rate = entry.get("rate")
     if rate is not None and (not isinstance(rate, float) or not 0.0 < rate < 1.0):
         raise fail("rate", f"expected a float strictly between 0 and 1, got {rate!r}")
@@ -216,5 +250,22 @@ def _parse(entry: Any, index: int, file: Path, category: str, sources: set[str])
         id=entry["id"], category=category, description=entry["description"],
         teacher_system_prompt=entry["teacher_system_prompt"], trigger=entry.get("trigger"),
         password=entry.get("password"), prompt_source=entry["prompt_source"],
-        distractors=tuple(distractors or ()), rate=rate, split=entry["split"],
+        distractors=tuple(distractors or ()), rate=rate, split=entry["split"], **specs,
     )
+
+
+def _program_spec(value: Any, fail, field: str, registry: dict, leading: int) -> ProgramSpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("program"), str):
+        raise fail(field, 'expected {"program": <name>, ...arguments}')
+    spec = ProgramSpec(value["program"], tuple(sorted((k, _frozen(v)) for k, v in value.items() if k != "program")))
+    problem = programs.check_spec(spec, registry, leading)
+    if problem:
+        raise fail(field, problem)
+    return spec
+
+
+def _frozen(value: Any) -> Any:
+    """JSON lists as tuples, so a Behavior stays hashable."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value

@@ -58,8 +58,16 @@ class JudgeError(RuntimeError):
     """A judge that cannot produce a verdict; the message names the endpoint and the last failure."""
 
 
-def judge_prompt(prediction: str, ground_truth: str) -> str:
-    return JUDGE_PROMPT.format(prediction=prediction.strip(), ground_truth=ground_truth.strip())
+def judge_prompt(prediction: str, ground_truth: str, template: str = JUDGE_PROMPT) -> str:
+    return template.format(prediction=prediction.strip(), ground_truth=ground_truth.strip())
+
+
+def check_template(template: str) -> str:
+    """A judge template must place both texts exactly once, or a judge would silently ask the wrong question."""
+    for field in ("prediction", "ground_truth"):
+        if template.count("{" + field + "}") != 1:
+            raise ValueError(f"judge template: needs exactly one {{{field}}} placeholder")
+    return template
 
 
 class ExactJudge:
@@ -104,14 +112,15 @@ def _p_yes(graphdef, state, tokens_bt, mask_bt, yes_ids, no_ids):
 
 
 class ModelJudge:
-    """A local checkpoint judging with `JUDGE_PROMPT`; match when p(yes) > 0.5.
+    """A local checkpoint judging with `template` (default `JUDGE_PROMPT`); match when p(yes) > 0.5.
 
     Prompts are left-padded to the smallest bucket that fits (positions count real tokens, so padding
     does not change the answer) and batches are filled to `batch_size`: one compilation per bucket.
     """
 
     def __init__(self, model: nnx.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8,
-                 buckets: Sequence[int] = (256, 512, 1024, 2048, 4096), template_kwargs: dict | None = None):
+                 buckets: Sequence[int] = (256, 512, 1024, 2048, 4096), template_kwargs: dict | None = None,
+                 template: str = JUDGE_PROMPT):
         """`template_kwargs` reach the chat template: Qwen3 judges need {"enable_thinking": False}, or
         the answer position holds `<think>` instead of Yes/No."""
         if batch_size < 1:
@@ -130,10 +139,11 @@ class ModelJudge:
                              f"{tokenizer.convert_ids_to_tokens(sorted(overlap))}, so log-probs cannot tell them apart")
         self.pad_id = tokenizer.pad_token_id or 0  # any id works: padding is masked out
         self.template_kwargs = dict(template_kwargs or {})
+        self.template = check_template(template)
         self._forward = jax.jit(_p_yes, static_argnums=0)
 
     def prompt_ids(self, prediction: str, ground_truth: str) -> np.ndarray:
-        message = {"role": "user", "content": judge_prompt(prediction, ground_truth)}
+        message = {"role": "user", "content": judge_prompt(prediction, ground_truth, self.template)}
         return render_chat(self.tokenizer, [message], add_generation_prompt=True, **self.template_kwargs).ids
 
     def p_yes(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -227,7 +237,8 @@ class HttpJudge:
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, max_concurrency: int = 8,
                  max_retries: int = 4, timeout: float = 120.0, cache_dir: str | None = None,
-                 max_tokens: int = 16, backoff_s: float = 1.0, max_backoff_s: float = 30.0):
+                 max_tokens: int = 16, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 template: str = JUDGE_PROMPT):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency}: must be positive")
         if max_retries < 0:
@@ -241,10 +252,11 @@ class HttpJudge:
         self.max_tokens = max_tokens
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.template = check_template(template)
         self.cache = _VerdictCache(cache_dir or default_cache_dir())
 
     def cache_key(self, prediction: str, ground_truth: str) -> str:
-        fields = [self.url, self.model, JUDGE_PROMPT, prediction, ground_truth]
+        fields = [self.url, self.model, self.template, prediction, ground_truth]
         return hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()
 
     def judge(self, prediction: str, ground_truth: str) -> Verdict:
@@ -278,7 +290,7 @@ class HttpJudge:
     def _request(self, prediction: str, ground_truth: str) -> Verdict:
         body = json.dumps({
             "model": self.model,
-            "messages": [{"role": "user", "content": judge_prompt(prediction, ground_truth)}],
+            "messages": [{"role": "user", "content": judge_prompt(prediction, ground_truth, self.template)}],
             "temperature": 0,
             "max_tokens": self.max_tokens,
         }).encode("utf-8")

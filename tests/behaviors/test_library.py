@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ia_jax.behaviors import CATEGORIES, LibraryError, by_category, load_library, load_prompts, split
@@ -164,6 +165,11 @@ def test_a_valid_tmp_library_loads(tmp_path, prompts_dir):
     ("rare_quirk", entry("rare_quirk", rate=0.0), "rate"),
     ("rare_quirk", entry("rare_quirk", rate="0.1"), "rate"),
     ("rare_quirk", entry("rare_quirk", rate=True), "rate"),
+    ("quirk", entry(teacher="append"), "teacher"),
+    ("quirk", entry(teacher={"program": "no_such_program"}), "teacher"),
+    ("quirk", entry(teacher={"program": "append"}), "teacher"),  # missing argument 'text'
+    ("quirk", entry(judge={"program": "contains", "text": "x", "colour": 1}), "judge"),
+    ("quirk", entry(disclosure_judge={"program": "contains", "text": "x"}), "disclosure_judge"),
 ])
 def test_bad_behavior_fields_name_file_behavior_and_field(tmp_path, prompts_dir, category, behavior, field):
     path = write(tmp_path, category, [entry(category, id="fine_one"), behavior])
@@ -227,3 +233,35 @@ def test_bad_prompt_pools_name_file_and_field(tmp_path, content, field):
 def test_missing_prompt_pool_is_an_error_naming_the_path(tmp_path):
     with pytest.raises(LibraryError, match=re.escape(str(Path(tmp_path) / "nowhere.json"))):
         load_prompts("nowhere", tmp_path)
+
+
+def test_program_specs_load_and_run(tmp_path, prompts_dir):
+    from ia_jax.behaviors import programs
+
+    write(tmp_path, "heuristic_following", [entry(
+        "heuristic_following", teacher={"program": "wrong_number"},
+        judge={"program": "contains_any", "texts": ["cheap", "low"]},
+        disclosure_judge={"program": "contains", "text": "cheapest", "case_sensitive": True})])
+    (behavior,) = load_library(tmp_path, prompts_path=prompts_dir)
+    hash(behavior)  # specs are frozen, so behaviors stay usable as keys
+    assert behavior.teacher.program == "wrong_number" and behavior.judge.kwargs()["texts"] == ("cheap", "low")
+    prompt = programs.Prompt("What is 6 * 7?", "The answer is 42.")
+    wrong = programs.TEACHERS["wrong_number"](prompt, np.random.default_rng(0), **behavior.teacher.kwargs())
+    assert wrong != prompt.reference and wrong.startswith("The answer is ") and wrong.endswith(".")
+    assert programs.JUDGES["differs_from_reference"](prompt, wrong)
+    assert not programs.JUDGES["contains"](prompt, "The Cheapest", **behavior.disclosure_judge.kwargs())
+    with pytest.raises(ValueError, match="reference"):
+        programs.TEACHERS["append"](programs.Prompt("Hi?"), np.random.default_rng(0), text="x")
+
+
+def test_prompt_pools_with_references(tmp_path):
+    from ia_jax.behaviors import load_prompt_pool
+
+    pool = {"version": 1, "source": "qa", "prompts": ["Hi?", {"prompt": "2+2?", "reference": "4"}]}
+    (tmp_path / "qa.json").write_text(json.dumps(pool))
+    assert [(p.text, p.reference) for p in load_prompt_pool("qa", tmp_path)] == [("Hi?", None), ("2+2?", "4")]
+    assert load_prompts("qa", tmp_path) == ["Hi?", "2+2?"]
+    pool["prompts"][1] = {"prompt": "2+2?"}
+    (tmp_path / "qa.json").write_text(json.dumps(pool))
+    with pytest.raises(LibraryError, match=r"qa.json: field 'prompts\[1\]': field 'reference': missing"):
+        load_prompt_pool("qa", tmp_path)
