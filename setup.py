@@ -10,7 +10,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["ia_jax", "ia_jax.*"]),
-    package_data={"ia_jax.behaviors": ["library/*.json", "prompts/*.json"]},
+    package_data={"ia_jax.behaviors": ["library/*.json", "prompts/*.json", "introspection/*.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",
@@ -31,8 +31,9 @@ setuptools.setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # Reference checks: our numbers are compared with transformers/peft on torch CPU.
-        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15"],
+        # Reference checks: our numbers are compared with transformers/peft on torch CPU; gs:// code
+        # runs against a local GCS emulator (older releases need pkg_resources, gone from new setuptools).
+        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15", "gcp-storage-emulator>=2026.7.19"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

@@ -1,4 +1,4 @@
-"""Shared test setup: 8 virtual CPU devices for sharding tests, and tiny transformers reference models."""
+"""Shared test setup: 8 virtual CPU devices for sharding tests, tiny transformers reference models, a GCS emulator."""
 
 import os
 
@@ -14,6 +14,9 @@ import tempfile  # noqa: E402
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ia_jax_test_jit_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+import uuid  # noqa: E402
+
+import gcs_emulator  # noqa: E402
 import pytest  # noqa: E402
 from hf_reference import build_reference  # noqa: E402
 
@@ -34,3 +37,18 @@ def reference_checkpoint(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator_host():
+    """One emulator process per session, started only if a test asks for gs:// storage."""
+    with gcs_emulator.running_emulator() as host:
+        yield host
+
+
+@pytest.fixture
+def gcs_root(gcs_emulator_host, monkeypatch, tmp_path):
+    """A fresh `gs://` folder in the emulator's bucket for one test, with a private local download cache."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_host)
+    monkeypatch.setenv("IA_JAX_CACHE_DIR", str(tmp_path / "ia_jax_cache"))
+    return f"gs://{gcs_emulator.BUCKET}/{uuid.uuid4().hex}"

@@ -11,19 +11,29 @@ defined inside a package needs `code_path = None` (tensorflow/datasets#11212), a
 built directly rather than from package metadata files. A finished dataset is kept as it is when the
 same stage runs again, so a completed stage is never rewritten. Text fields come back as `str`.
 
-`gs://` directories are not supported yet: array_record writes local files only, so they need a
-local build plus upload, which lands with GCS support.
+`gs://` directories work by copying: array_record writes local files only, and TFDS reaches `gs://`
+without TensorFlow only through gcsfs, which we do not depend on. A `gs://` stage is built in a local
+temporary folder, uploaded with `ia_jax.storage.gcs`, and marked complete by a `_COMPLETE` object
+uploaded last; without it the upload was interrupted, so readers refuse it and writers rebuild it.
+Readers download the version folder once into the local cache (`gcs.cache_path`) and read it there,
+downloading again only when the remote marker differs from the cached one.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import pathlib
 import re
+import tempfile
+import uuid
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from ia_jax.storage import gcs
 
 VERSION = "1.0.0"
 FEATURE_KINDS = {
@@ -34,6 +44,7 @@ FEATURE_KINDS = {
     "float_sequence": lambda: tfds.features.Tensor(shape=(None,), dtype=np.float32),
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+COMPLETE_MARKER = "_COMPLETE"  # in gs:// version folders only; local writes are atomic renames already
 
 
 class DatasetError(ValueError):
@@ -102,16 +113,28 @@ def dataset_path(directory: str, name: str) -> str:
     return os.path.join(directory, name, VERSION)
 
 
+def dataset_complete(directory: str, name: str) -> bool:
+    """Whether stage `name` under `directory` is finished, so a pipeline can skip what produces it."""
+    path = dataset_path(str(directory).rstrip("/"), name)
+    if gcs.is_gcs(directory):
+        return gcs.exists(f"{path}/{COMPLETE_MARKER}")
+    return os.path.exists(os.path.join(path, "dataset_info.json"))
+
+
 def write_dataset(directory: str, name: str, splits: Mapping[str, Iterable[Mapping[str, Any]]],
                   features: Mapping[str, str], *, preview: int = 3, num_shards: int | None = None) -> str:
     """Writes (or keeps, if already complete) stage `name` under `directory`; returns its version folder."""
-    if str(directory).startswith("gs://"):
-        raise DatasetError(f"{directory}: gs:// dataset directories are not supported yet; use a local path")
     if not _NAME.match(name):
         raise DatasetError(f"dataset name {name!r} must be snake_case (letters, digits, underscores)")
     if not splits:
         raise DatasetError(f"dataset {name!r}: no splits to write")
     _features(features)
+    if gcs.is_gcs(directory):
+        return _write_to_gcs(directory, name, splits, features, preview, num_shards)
+    return _write_local(directory, name, splits, features, preview, num_shards)
+
+
+def _write_local(directory, name, splits, features, preview, num_shards) -> str:
     builder = _StageBuilder(name=name, spec=features, splits=splits, data_dir=directory, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         num_shards=num_shards, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
@@ -124,13 +147,47 @@ def write_dataset(directory: str, name: str, splits: Mapping[str, Iterable[Mappi
     return path
 
 
+def _write_to_gcs(directory, name, splits, features, preview, num_shards) -> str:
+    gcs.parse(directory)  # a malformed uri is named as given, not as the marker path below it
+    remote = dataset_path(str(directory).rstrip("/"), name)
+    marker = f"{remote}/{COMPLETE_MARKER}"
+    if gcs.exists(marker):
+        return remote
+    gcs.delete_dir(remote)  # an interrupted upload's files, e.g. shards of another shard count
+    with tempfile.TemporaryDirectory(prefix="ia_jax_stage_") as local_root:
+        gcs.upload_dir(_write_local(local_root, name, splits, features, preview, num_shards), remote)
+    # A fresh id per upload tells a cached copy from a rebuilt dataset at the same path.
+    gcs.write_text(marker, json.dumps({"upload_id": uuid.uuid4().hex,
+                                       "uploaded_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}))
+    return remote
+
+
+def _local_copy(path: str) -> str:
+    """The cached local copy of complete gs:// version folder `path`, downloaded if missing or stale."""
+    path = path.rstrip("/")
+    try:
+        marker = gcs.read_text(f"{path}/{COMPLETE_MARKER}")
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: no {COMPLETE_MARKER} object, so no complete dataset is there (its upload was "
+                           "interrupted, or nothing was written); run its stage again to rebuild it") from e
+    local = gcs.cache_path(path)
+    cached = pathlib.Path(local, COMPLETE_MARKER)
+    if not cached.exists() or cached.read_text(encoding="utf-8") != marker:
+        gcs.download_dir(path, local)
+    return local
+
+
 class DatasetReader:
-    """Random access to one split: `len(reader)`, `reader[i]` (text as str, sequences as int32 arrays)."""
+    """Random access to one split: `len(reader)`, `reader[i]` (text as str, sequences as int32 arrays).
+
+    A `gs://` path is read from its local cached copy; errors still name the `gs://` path.
+    """
 
     def __init__(self, path: str, split: str):
-        if not os.path.exists(os.path.join(path, "dataset_info.json")):
+        local = _local_copy(path) if gcs.is_gcs(path) else path
+        if not os.path.exists(os.path.join(local, "dataset_info.json")):
             raise DatasetError(f"{path}: not a TFDS dataset version folder (no dataset_info.json)")
-        builder = tfds.builder_from_directory(path)
+        builder = tfds.builder_from_directory(local)
         if split not in builder.info.splits:
             raise DatasetError(f"{path}: no split {split!r}; it has {sorted(builder.info.splits)}")
         self._source = builder.as_data_source(split=split)

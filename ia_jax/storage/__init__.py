@@ -1,0 +1,1 @@
+"""Remote storage: `gs://` helpers shared by stage datasets, checkpoints and exports."""
