@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat server over the sampler, so existing auditing agents can interview any
 organism with or without the introspection adapter.
 
-    python -m ia_jax.serve --model=DIR [--organisms=name=PEFT_DIR,...] [--ia=PEFT_DIR] --port=8000
+    python -m ia_jax.serve --model=DIR [--organisms=name=DIR,...] [--ia=PEFT_DIR] --port=8000
 
 The requested model name picks what answers: `base` or an organism's name, each also as `NAME+ia`
 when an IA is loaded. `GET /v1/models` lists them. Requests arriving together are batched onto one
@@ -26,7 +26,8 @@ from typing import Any
 from absl import app, flags
 
 from ia_jax import models, tokenization
-from ia_jax.lora.peft_io import load_peft, stack_adapters
+from ia_jax.lora.peft_io import load_peft
+from ia_jax.organisms.sources import load_organisms
 from ia_jax.sampling.chat import BASE, ChatSampler
 from ia_jax.sampling.sampler import Sampler, SamplingParams
 
@@ -212,7 +213,7 @@ def parse_organisms(spec: str | None) -> dict[str, str]:
     for item in filter(None, (spec or "").split(",")):
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--organisms entry {item!r} is not NAME=PEFT_DIR")
+            raise ValueError(f"--organisms entry {item!r} is not NAME=DIR")
         if name == BASE or name.endswith(IA_SUFFIX) or name in organisms:
             raise ValueError(f"--organisms: name {name!r} is reserved or repeated")
         organisms[name] = path
@@ -221,11 +222,10 @@ def parse_organisms(spec: str | None) -> dict[str, str]:
 
 def build_engine(model_dir: str, organisms: dict[str, str], ia_dir: str | None, *, max_batch: int = 16,
                  batch_wait_ms: float = 20.0, dtype: str | None = None, max_prompt: int = 4096,
-                 template_kwargs: dict | None = None) -> BatchingEngine:
+                 template_kwargs: dict | None = None, full_rank: int = 64) -> BatchingEngine:
     model = models.load_hf(model_dir, dtype=dtype, param_dtype=dtype)
     tokenizer = tokenization.load_tokenizer(model_dir)
-    adapters = [load_peft(path, model.config) for path in organisms.values()]
-    stacked = stack_adapters(adapters, model.config) if adapters else None
+    stacked = load_organisms(organisms, model.config, base_path=model_dir, full_rank=full_rank) if organisms else None
     ia = load_peft(ia_dir, model.config) if ia_dir else None
     sampler = Sampler(model, organisms=stacked, ia=ia, stop_ids=tokenization.stop_token_ids(tokenizer),
                       pad_id=tokenizer.pad_token_id or 0, max_batch=max_batch, max_prompt=max_prompt)
@@ -235,7 +235,9 @@ def build_engine(model_dir: str, organisms: dict[str, str], ia_dir: str | None, 
 
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face checkpoint directory (with its tokenizer).")
-_ORGANISMS = flags.DEFINE_string("organisms", None, "Comma-separated NAME=PEFT_DIR organism adapters.")
+_ORGANISMS = flags.DEFINE_string("organisms", None, "Comma-separated NAME=DIR organisms: PEFT adapter directories, "
+                                 "or full fine-tuned checkpoints of --model (imported as rank --full_rank LoRAs).")
+_FULL_RANK = flags.DEFINE_integer("full_rank", 64, "LoRA rank a full fine-tuned organism checkpoint is cut to.")
 _IA = flags.DEFINE_string("ia", None, "PEFT directory of the introspection adapter.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
@@ -254,7 +256,8 @@ def main(argv):
         raise app.UsageError("--model is required")
     engine = build_engine(_MODEL.value, parse_organisms(_ORGANISMS.value), _IA.value, max_batch=_MAX_BATCH.value,
                           batch_wait_ms=_BATCH_WAIT_MS.value, dtype=_DTYPE.value, max_prompt=_MAX_PROMPT.value,
-                          template_kwargs=json.loads(_TEMPLATE_KWARGS.value) if _TEMPLATE_KWARGS.value else None)
+                          template_kwargs=json.loads(_TEMPLATE_KWARGS.value) if _TEMPLATE_KWARGS.value else None,
+                          full_rank=_FULL_RANK.value)
     server = ThreadingHTTPServer((_HOST.value, _PORT.value), make_handler(engine, _MAX_TOKENS_LIMIT.value))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"serving {engine.model_names()} on http://{_HOST.value}:{server.server_address[1]}", flush=True)

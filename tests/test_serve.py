@@ -235,7 +235,7 @@ def test_http_judge_against_the_real_server(tmp_path):
 
 def test_organism_spec_errors_name_the_entry():
     assert parse_organisms("a=/x,b=/y") == {"a": "/x", "b": "/y"}
-    with pytest.raises(ValueError, match="'a' is not NAME=PEFT_DIR"):
+    with pytest.raises(ValueError, match="'a' is not NAME=DIR"):
         parse_organisms("a")
     with pytest.raises(ValueError, match="'base' is reserved or repeated"):
         parse_organisms("base=/x")

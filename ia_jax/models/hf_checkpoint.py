@@ -86,7 +86,7 @@ class _WeightLayout:
         return array.reshape(self.hf_shape)
 
 
-class _CheckpointFiles:
+class CheckpointFiles:
     """Maps tensor names to the (lazily opened) safetensors file that holds them."""
 
     def __init__(self, directory: str):
@@ -130,12 +130,12 @@ class _CheckpointFiles:
         return self.file_of(name)[name]
 
 
-def _layouts(state) -> Iterator[tuple[tuple[str, ...], nnx.Variable, _WeightLayout]]:
+def weight_layouts(state) -> Iterator[tuple[tuple[str, ...], nnx.Variable, _WeightLayout]]:
     for path, variable in nnx.to_flat_state(state):
         yield path, variable, _WeightLayout(tuple(str(k) for k in path), variable)
 
 
-def _check_against_config(files: _CheckpointFiles, layouts: list[_WeightLayout]) -> None:
+def check_against_config(files: CheckpointFiles, layouts: list[_WeightLayout]) -> None:
     expected = {}
     for layout in layouts:
         for _, name in layout.hf_names():
@@ -158,7 +158,7 @@ def _check_against_config(files: _CheckpointFiles, layouts: list[_WeightLayout])
                      files.directory, len(unused), unused[:3])
 
 
-def _place(files: _CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> jax.Array:
+def _place(files: CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> jax.Array:
     """Builds one weight on its sharding; each distinct block is read and converted once.
 
     Devices that replicate a block (a weight sharded on one mesh axis and replicated on another) get
@@ -199,9 +199,9 @@ def load_hf(path: str, *, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES, dt
     config = load_hf_config(path, **overrides)
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    files = _CheckpointFiles(path)
-    entries = list(_layouts(state))
-    _check_against_config(files, [layout for _, _, layout in entries])
+    files = CheckpointFiles(path)
+    entries = list(weight_layouts(state))
+    check_against_config(files, [layout for _, _, layout in entries])
     np_dtype = np.dtype(config.weight_dtype)
     for _, variable, layout in entries:
         if mesh is None:
@@ -235,7 +235,7 @@ def save_hf(model: CausalLM, path: str, *, max_shard_bytes: int = 2 * 1024**3, t
     _, state = nnx.split(model)
     sources: dict[str, tuple[jax.Array, _WeightLayout, int | None]] = {}
     specs = []
-    for _, variable, layout in _layouts(state):
+    for _, variable, layout in weight_layouts(state):
         array = variable.get_value()
         if not getattr(array, "is_fully_addressable", True):  # numpy values are host-local
             raise CheckpointError(
