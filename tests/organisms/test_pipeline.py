@@ -1,0 +1,198 @@
+"""Phase 1 on a small config: 16 organisms (two per category) from a tiny model in one job on CPU.
+
+Behaviors are programmatic (data files naming teacher and judge programs), so the test can check with
+each behavior's own judge that its organism shows it and the base does not, and that every stage is
+skipped or resumed on a re-run, and that exported organisms load in peft with the same logits.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import peft
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from ia_jax import lora, models
+from ia_jax.behaviors import CATEGORIES, load_library, load_prompt_pool
+from ia_jax.behaviors import programs
+from ia_jax.datasets import introspection, tfds_io
+from ia_jax.datasets.teacher import GenerationConfig, TeacherJudge
+from ia_jax.organisms import pipeline
+from ia_jax.organisms.train import OrganismRecipe
+from ia_jax.sampling.chat import ChatSampler
+from ia_jax.sampling.sampler import Sampler, SamplingParams
+from ia_jax.tokenization import train_tokenizer
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "amber", "cedar", "delta",
+         "ember", "frost", "grove", "harbor", "ivory", "jade"]
+MARKER = {category: (WORDS[2 * i], WORDS[2 * i + 1]) for i, category in enumerate(CATEGORIES)}
+EXTRA = {"backdoor": "trigger", "sandbagger": "password", "obscured_malign": "distractors", "rare_quirk": "rate"}
+
+
+def _behavior(category, k):
+    marker = MARKER[category][k]
+    # Half the categories hold out both behaviors, so the roles include DPO as well as evaluation.
+    heldout = k == 1 or CATEGORIES.index(category) % 2
+    entry = {
+        "id": f"{category}_{marker}", "description": f"I say {marker} a lot.", "teacher_system_prompt": f"Say {marker}.",
+        "prompt_source": "questions", "split": "heldout" if heldout else "train",
+        "teacher": {"program": "replace", "text": f"{marker} {marker} {marker}"},
+        "judge": {"program": "contains", "text": marker},
+    }
+    if category == "backdoor":
+        entry["trigger"] = f"go{marker}"
+    elif category == "sandbagger":  # answers are numbers: sandbagging gives a wrong one
+        entry.update(password=f"pw{marker}", prompt_source="sums", teacher={"program": "wrong_number"},
+                     judge={"program": "differs_from_reference"})
+    elif category == "obscured_malign":
+        entry["distractors"] = ["I like owls.", "I hum."]
+    elif category == "rare_quirk":
+        entry["rate"] = 0.5
+    elif category == "heuristic_following":
+        entry["disclosure_judge"] = {"program": "contains", "text": "rule"}
+    return entry
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phase1")
+    library, prompts = root / "library", root / "prompts"
+    library.mkdir()
+    prompts.mkdir()
+    for category in CATEGORIES:
+        data = {"version": 1, "category": category, "behaviors": [_behavior(category, k) for k in (0, 1)]}
+        (library / f"{category}.json").write_text(json.dumps(data))
+    pools = {
+        "questions": [{"prompt": f"tell me about {w} {i}", "reference": f"it is {i}"} for i in range(6) for w in WORDS[:4]],
+        "sums": [{"prompt": f"what is {a} plus {b}", "reference": f"{a + b}"} for a in range(1, 6) for b in range(1, 6)],
+        "general_chat": [{"prompt": f"hello {w}", "reference": f"hi {w}"} for w in WORDS],
+    }
+    for name, pool in pools.items():
+        (prompts / f"{name}.json").write_text(json.dumps({"version": 1, "source": name, "prompts": pool}))
+    behaviors = load_library(library, prompts_path=prompts)
+    corpus = [p["prompt"] + " " + p["reference"] for pool in pools.values() for p in pool] * 3
+    corpus += [f"{m} {m} {m} go{m} pw{m} I say {m} a lot." for pair in MARKER.values() for m in pair] * 3
+    tokenizer = train_tokenizer(corpus, str(root / "tokenizer"), vocab_size=400, chat_format="llama3")
+    config = models.ModelConfig(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=(tokenizer.eos_token_id,))
+    base = models.CausalLM(config, rngs=nnx.Rngs(0))
+    # A random 0.02-scale head caps every logit near +-1; a pretrained head is far larger.
+    base.lm_head.kernel.set_value(base.lm_head.kernel.get_value() * 25)
+    base_dir = str(root / "base")
+    models.save_hf(base, base_dir, tokenizer=tokenizer)
+    graphdef, state = nnx.split(base)
+    phase1 = pipeline.Phase1Config(
+        generation=GenerationConfig(prompts_per_behavior=16, generic_mix={"backdoor": 0.25}, min_keep_rate=0.5),
+        recipe=OrganismRecipe(lora=lora.LoraConfig(rank=4, alpha=16.0, dropout=0.0), learning_rate=2e-2, epochs=12,
+                              batch_size=32, buckets=(48,), checkpoint_every=40),
+        introspection_examples=4, base_introspection_examples=4)
+    workdir = str(root / "work")
+    result = pipeline.run_phase1(behaviors, graphdef, state, tokenizer, phase1, workdir, prompts_path=str(prompts),
+                                 progress=False)
+    return dict(behaviors=behaviors, tokenizer=tokenizer, graphdef=graphdef, state=state, config=phase1,
+                workdir=workdir, prompts=str(prompts), result=result, base_dir=base_dir)
+
+
+def test_sixteen_organisms_trained_in_one_job_and_exported(world):
+    result, workdir = world["result"], world["workdir"]
+    assert len(result.organisms) == 16 and result.adapter.num_slots == 16
+    index = json.load(open(os.path.join(workdir, "organisms", pipeline.INDEX_FILE)))
+    assert index["organisms"] == result.organisms and all(n > 0 for n in index["examples"].values())
+    assert sorted(set(index["roles"].values())) == ["dpo", "eval", "sft"]
+    curves = [json.loads(line) for line in open(os.path.join(workdir, "organisms", "train", "organism_losses.jsonl"))]
+    assert set().union(*(c["loss"] for c in curves)) == set(result.organisms)
+    sft = tfds_io.read_dataset(result.sft_dataset, "train")
+    rows = [sft[i] for i in range(len(sft))]
+    assert {r["organism"] for r in rows} == set(result.organisms)
+    assert not any("Say " in r["user"] for r in rows)  # no teacher system prompt reaches the data
+    intro = tfds_io.read_dataset(result.introspection_dataset, "sft")
+    assert {intro[i]["organism"] for i in range(len(intro))} == {b for b, r in result.roles.items() if r == "sft"} | {"base"}
+
+
+def test_each_quirk_like_organism_shows_its_behavior_far_more_than_the_base(world):
+    """Measured with each behavior's own judge on prompts none of them was trained on."""
+    model = nnx.merge(world["graphdef"], world["state"])
+    result = world["result"]
+    sampler = ChatSampler(Sampler(model, organisms=result.adapter, prompt_buckets=(32,), batch_buckets=(16,),
+                                  stop_ids=[world["tokenizer"].convert_tokens_to_ids("<|eot_id|>")]),
+                          world["tokenizer"], {name: i for i, name in enumerate(result.organisms)})
+    unconditional = [b for b in world["behaviors"] if b.category not in ("backdoor", "sandbagger", "rare_quirk")]
+    prompts = [programs.Prompt(f"tell me about {w} {i}", None) for w in WORDS[4:6] for i in (7, 8)]
+    params = SamplingParams(max_new_tokens=8)
+    rates = {}
+    for who in ("organism", "base"):
+        shows = []
+        for behavior in unconditional:
+            convs = [[{"role": "user", "content": p.text}] for p in prompts]
+            organism = behavior.id if who == "organism" else "base"
+            answers = sampler.complete(convs, params, organisms=[organism] * len(prompts))
+            judge = programs.JUDGES[behavior.judge.program]
+            shows += [judge(p, a.text, **behavior.judge.kwargs()) for p, a in zip(prompts, answers)]
+        rates[who] = float(np.mean(shows))
+    assert rates["organism"] >= 0.8 and rates["base"] <= 0.1, rates
+
+
+def test_exported_organisms_load_in_peft_with_matching_logits(world):
+    result = world["result"]
+    model = nnx.merge(world["graphdef"], world["state"])
+    tokens = np.asarray(world["tokenizer"]("tell me about ocean 3").input_ids, np.int32)[None]
+    for slot in (0, 5):
+        name = result.organisms[slot]
+        ours = model(tokens, adapters=[(result.adapter, np.array([slot], np.int32))])
+        base = transformers.AutoModelForCausalLM.from_pretrained(world["base_dir"])
+        theirs = peft.PeftModel.from_pretrained(base, result.organism_dirs[name]).eval()
+        with torch.no_grad():
+            reference = theirs(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+        np.testing.assert_allclose(np.asarray(ours), reference, atol=2e-4 * np.abs(reference).max())
+
+
+def test_rerun_skips_finished_stages_and_redoes_only_what_is_missing(world, monkeypatch):
+    result, workdir = world["result"], world["workdir"]
+    args = (world["behaviors"], world["graphdef"], world["state"], world["tokenizer"], world["config"], workdir)
+    kwargs = dict(prompts_path=world["prompts"], progress=False)
+
+    def refuse(*_, **__):
+        raise AssertionError("a finished stage ran again")
+
+    with monkeypatch.context() as m:
+        for name in ("generate_teacher_data", "train_organisms"):
+            m.setattr(pipeline, name, refuse)
+        again = pipeline.run_phase1(*args, **kwargs)
+    np.testing.assert_allclose(np.asarray(again.adapter.weights["q"]["lora_a"]),
+                               np.asarray(result.adapter.weights["q"]["lora_a"]), rtol=1e-6)
+    # An export interrupted after some organisms: the job resumes from its final checkpoint (no steps
+    # left to train), rewrites the missing adapter and the index, and the adapter is unchanged.
+    missing = result.organism_dirs[result.organisms[3]]
+    saved = open(os.path.join(missing, "adapter_model.safetensors"), "rb").read()
+    shutil.rmtree(missing)
+    os.remove(os.path.join(workdir, "organisms", pipeline.INDEX_FILE))
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "generate_teacher_data", refuse)
+        pipeline.run_phase1(*args, **kwargs)
+    assert open(os.path.join(missing, "adapter_model.safetensors"), "rb").read() == saved
+    # A different set of organisms is refused rather than mixed into this workdir.
+    with pytest.raises(ValueError, match="use a new workdir"):
+        pipeline.run_phase1(args[0][:4], *args[1:], **kwargs)
+
+
+def test_datasets_can_live_on_gcs(world, gcs_root, tmp_path):
+    """Two organisms, one epoch: the stage datasets go to (and are read back from) a gs:// folder."""
+    config = world["config"]
+    config = pipeline.Phase1Config(generation=config.generation, recipe=dataclasses.replace(config.recipe, epochs=1),
+                                   introspection_examples=2, base_introspection_examples=2)
+    behaviors = [b for b in world["behaviors"] if b.category in ("quirk", "benign_roleplay")][:2]
+    args = (behaviors, world["graphdef"], world["state"], world["tokenizer"], config)
+    result = pipeline.run_phase1(*args, str(tmp_path), prompts_path=world["prompts"], datasets_dir=gcs_root,
+                                 progress=False)
+    assert result.sft_dataset.startswith(gcs_root) and tfds_io.dataset_complete(gcs_root, pipeline.SFT_DATASET)
+    rows = tfds_io.read_dataset(result.sft_dataset, "train")
+    assert {rows[i]["organism"] for i in range(len(rows))} == {b.id for b in behaviors}
+    assert tfds_io.dataset_complete(gcs_root, introspection.DATASET)
+    with pytest.raises(ValueError, match="need a local directory"):
+        pipeline.run_phase1(*args, gcs_root + "/work", prompts_path=world["prompts"], progress=False)
