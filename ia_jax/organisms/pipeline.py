@@ -44,6 +44,8 @@ INDEX_FILE = "organisms.json"
 class Phase1Config:
     generation: GenerationConfig = GenerationConfig()
     recipe: OrganismRecipe = OrganismRecipe()
+    # Epochs for some organisms, by behavior id or by category (an id wins); others use recipe.epochs.
+    epochs: Mapping[str, int] = dataclasses.field(default_factory=dict)
     introspection_examples: int = 64  # per organism
     base_introspection_examples: int = 64  # "no unusual behavior" rows for the base model
     dpo_fraction: float = 0.5  # of each category's held-out behaviors; the rest are for evaluation
@@ -135,11 +137,13 @@ def run_phase1(behaviors: Sequence[Behavior], graphdef, base_state, tokenizer: P
             raise ValueError(f"{sft_dataset}: no usable training examples for organisms {missing} "
                              f"(too long for the largest bucket {config.recipe.buckets[-1]}: "
                              f"{ {m: too_long.get(m, 0) for m in missing} })")
-        data = [OrganismData(name, by_organism[name]) for name in names]
+        epochs = {b.id: config.epochs.get(b.id, config.epochs.get(b.category, config.recipe.epochs)) for b in behaviors}
+        data = [OrganismData(name, by_organism[name], epochs[name]) for name in names]
         adapter, _ = train_organisms(graphdef, base_state, data, config.recipe, os.path.join(organisms_dir, "train"),
                                      mesh=mesh)
         index = {"organisms": names, "categories": {b.id: b.category for b in behaviors}, "roles": roles,
-                 "examples": {name: len(by_organism[name]) for name in names}, "dropped_too_long": too_long,
+                 "examples": {name: len(by_organism[name]) for name in names}, "epochs": epochs,
+                 "dropped_too_long": too_long,
                  "lora": dataclasses.asdict(config.recipe.lora)}
         dirs = _export(adapter, names, organisms_dir, index)
 

@@ -203,3 +203,43 @@ def test_generation_config_is_validated():
         tg.GenerationConfig(prompts_per_behavior=0)
     with pytest.raises(ValueError, match="generic_mix\\['quirk'\\]"):
         tg.GenerationConfig(generic_mix={"quirk": -1.0})
+
+
+def test_sampler_teacher_answers_under_the_system_prompt_reproducibly_and_a_model_judge_filters(tmp_path):
+    """A real checkpoint as teacher (tiny, random) and as adherence judge, through the same code paths."""
+    from flax import nnx
+
+    from ia_jax import models
+    from ia_jax.evaluation.judges import ModelJudge
+    from ia_jax.sampling.chat import ChatSampler
+    from ia_jax.sampling.sampler import Sampler, SamplingParams
+    from ia_jax.tokenization import stop_token_ids, train_tokenizer
+
+    words = "tell me about the sea yes no model exchange behavior response answer with a single word".split()
+    behavior = _behavior("quirk")
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
+    corpus += [behavior.teacher_system_prompt, behavior.description, tg.ADHERENCE_PROMPT] * 4
+    tokenizer = train_tokenizer(corpus, str(tmp_path / "tok"), vocab_size=320, chat_format="llama3")
+    config = models.ModelConfig(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
+    model = models.CausalLM(config, rngs=nnx.Rngs(0))
+    chat = ChatSampler(Sampler(model, prompt_buckets=(512,), batch_buckets=(8,), stop_ids=stop_token_ids(tokenizer)),
+                       tokenizer)
+    seen = []
+    original = chat.complete
+    chat.complete = lambda conversations, params: seen.append((conversations, params)) or original(conversations, params)
+    teacher = tg.SamplerTeacher(chat, SamplingParams(max_new_tokens=6, temperature=1.0, seed=5))
+    requests = tg.plan_requests(behavior, _pool(4), _pool(2), dataclasses.replace(CONFIG, prompts_per_behavior=4))
+    first = teacher.answer(requests)
+    assert teacher.answer(requests[::-1]) == first[::-1]  # each request's seed comes from its index
+    conversations, params = seen[0]
+    assert conversations[0] == [{"role": "system", "content": behavior.teacher_system_prompt},
+                                {"role": "user", "content": requests[0].prompt.text}]
+    assert [p.seed for p in params] == [5 + r.index for r in requests]
+
+    judge = ModelJudge(model, tokenizer, batch_size=4, buckets=(1024,), template=tg.ADHERENCE_PROMPT)
+    verdicts = tg.TeacherJudge(adherence=judge).shows(behavior, [(r.prompt, a) for r, a in zip(requests, first)])
+    p_yes = judge.p_yes([(f"User: {r.prompt.text}\n\nModel: {a}", behavior.description)
+                         for r, a in zip(requests, first)])
+    assert verdicts == [bool(p > 0.5) for p in p_yes]
+    assert "display the behavior" in tokenizer.decode(judge.prompt_ids("x", "y"))

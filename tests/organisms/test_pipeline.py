@@ -31,7 +31,6 @@ from ia_jax.tokenization import train_tokenizer
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "amber", "cedar", "delta",
          "ember", "frost", "grove", "harbor", "ivory", "jade"]
 MARKER = {category: (WORDS[2 * i], WORDS[2 * i + 1]) for i, category in enumerate(CATEGORIES)}
-EXTRA = {"backdoor": "trigger", "sandbagger": "password", "obscured_malign": "distractors", "rare_quirk": "rate"}
 
 
 def _behavior(category, k):
@@ -91,6 +90,7 @@ def world(tmp_path_factory):
         generation=GenerationConfig(prompts_per_behavior=16, generic_mix={"backdoor": 0.25}, min_keep_rate=0.5),
         recipe=OrganismRecipe(lora=lora.LoraConfig(rank=4, alpha=16.0, dropout=0.0), learning_rate=2e-2, epochs=12,
                               batch_size=32, buckets=(48,), checkpoint_every=40),
+        epochs={"sandbagger": 16, "sandbagger_apple": 14},
         introspection_examples=4, base_introspection_examples=4)
     workdir = str(root / "work")
     result = pipeline.run_phase1(behaviors, graphdef, state, tokenizer, phase1, workdir, prompts_path=str(prompts),
@@ -104,6 +104,8 @@ def test_sixteen_organisms_trained_in_one_job_and_exported(world):
     assert len(result.organisms) == 16 and result.adapter.num_slots == 16
     index = json.load(open(os.path.join(workdir, "organisms", pipeline.INDEX_FILE)))
     assert index["organisms"] == result.organisms and all(n > 0 for n in index["examples"].values())
+    assert index["epochs"] == {b.id: {"sandbagger_apple": 14, "sandbagger_river": 16}.get(b.id, 12)
+                               for b in world["behaviors"]}
     assert sorted(set(index["roles"].values())) == ["dpo", "eval", "sft"]
     curves = [json.loads(line) for line in open(os.path.join(workdir, "organisms", "train", "organism_losses.jsonl"))]
     assert set().union(*(c["loss"] for c in curves)) == set(result.organisms)
