@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Sequence
 
@@ -21,30 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ia_jax.data.batching import Batcher
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.training import losses
 from ia_jax.training import train_step as ts
 from ia_jax.training.checkpoints import Checkpointer
 from ia_jax.training.loop import run_training
-from ia_jax.training.optimizer import OptimizerConfig, make_optimizer
+from ia_jax.training.recipe import Recipe, plan_run
 
 
 @dataclasses.dataclass(frozen=True)
-class OrganismRecipe:
+class OrganismRecipe(Recipe):
     """The knobs of published organism recipes; `epochs` is the default an organism may override."""
 
     lora: LoraConfig = LoraConfig(rank=16, alpha=32.0, dropout=0.05)
-    learning_rate: float = 1e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    epochs: int = 1
-    batch_size: int = 8
-    micro_batches: int = 1  # effective batch = batch_size * micro_batches
-    buckets: tuple[int, ...] = (64, 128, 256, 512)
-    checkpoint_every: int = 50
-    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +85,7 @@ def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], rec
     model_config = nnx.merge(graphdef, base_state).config
     num = len(organisms)
     examples = _job_examples(organisms, recipe)
-    per_batch = recipe.batch_size * recipe.micro_batches
-    steps = math.ceil(len(examples) / per_batch)
-    batcher = Batcher(examples, batch_size=recipe.batch_size, micro_batches=recipe.micro_batches,
-                      buckets=recipe.buckets, seed=recipe.seed, process_index=jax.process_index(),
-                      process_count=jax.process_count())
-    # Bucketed batches leave padding rows, so a pass may take a few more steps than examples / batch.
-    steps = max(steps, batcher.batches_per_epoch())
-    optimizer_config = OptimizerConfig(learning_rate=recipe.learning_rate, warmup_steps=min(recipe.warmup_steps, steps),
-                                       total_steps=steps, weight_decay=recipe.weight_decay)
-    optimizer, schedule = make_optimizer(optimizer_config)
+    batcher, steps, optimizer, schedule = plan_run(examples, recipe)
     adapter = init_adapter(model_config, recipe.lora, jax.random.key(recipe.seed), num_slots=num)
     composition = ts.Composition(graphdef, (ts.AdapterSlot(recipe.lora, num),), trainable=0)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": [adapter.weights]}

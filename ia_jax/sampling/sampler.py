@@ -48,6 +48,13 @@ class SamplingParams:
             raise ValueError(f"bad sampling params: {', '.join(problems)}")
 
 
+def _one_slot(ia: LoraAdapter) -> LoraAdapter:
+    """The IA as a one-slot stack, so each row switches it on (slot 0) or off (-1) within one batch."""
+    if ia.stacked:
+        raise ValueError("ia must be a shared adapter")
+    return LoraAdapter(weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
+
+
 def length_bucket(max_new_tokens: int) -> int:
     """Decode-length bucket: the next power of two (at least 16), so nearby lengths share a program."""
     return max(16, 1 << (max_new_tokens - 1).bit_length())
@@ -135,13 +142,9 @@ class Sampler:
                  prompt_buckets: Sequence[int] | None = None, max_batch: int = 64, max_prompt: int = 1024):
         if organisms is not None and not organisms.stacked:
             raise ValueError("organisms must be a stacked adapter (one slot per organism)")
-        if ia is not None and ia.stacked:
-            raise ValueError("ia must be a shared adapter")
         self.model = model
         self.organisms = organisms
-        # A one-slot stack lets each row switch the IA on (slot 0) or off (-1) within one batch.
-        self.ia = None if ia is None else LoraAdapter(
-            weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
+        self.ia = None if ia is None else _one_slot(ia)
         self.stop_ids = np.asarray(sorted(set(stop_ids)) or [-1], np.int32)
         self.pad_id = pad_id
         self.batch_buckets = tuple(batch_buckets or _powers_of_two(max_batch))
@@ -152,6 +155,15 @@ class Sampler:
             lambda state, *args, max_new_tokens: _generate(nnx.merge(graphdef, state), *args,
                                                            max_new_tokens=max_new_tokens),
             static_argnames=("max_new_tokens",))
+
+    def set_ia(self, ia: LoraAdapter) -> None:
+        """Swaps in other IA weights of the same config and shapes (e.g. the IA as it trains), reusing
+        every compiled program."""
+        new = _one_slot(ia)
+        if self.ia is None or new.config != self.ia.config or \
+                jax.tree.map(np.shape, new.weights) != jax.tree.map(np.shape, self.ia.weights):
+            raise ValueError("set_ia: the new IA must have the loaded IA's config and shapes")
+        self.ia = new
 
     def compiled_variants(self) -> int:
         return self._jitted._cache_size()

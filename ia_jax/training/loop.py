@@ -20,8 +20,13 @@ from ia_jax.training.train_step import Trainer, TrainState
 
 def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: int, rng: jax.Array,
                  checkpointer: Checkpointer | None = None, log_every: int = 10, description: str = "train",
-                 on_metrics: Callable[[int, dict], None] | None = None) -> tuple[TrainState, list[dict]]:
-    """Trains to `steps` total steps; returns the final state and the logged metrics."""
+                 on_metrics: Callable[[int, dict], None] | None = None,
+                 on_state: Callable[[int, TrainState, dict], None] | None = None) -> tuple[TrainState, list[dict]]:
+    """Trains to `steps` total steps; returns the final state and the logged metrics.
+
+    At each logged step `on_metrics(step, metrics)` and then `on_state(step, state, metrics)` run; the
+    latter may add entries to `metrics` (periodic evaluation of the current weights).
+    """
     if (batcher.process_index, batcher.process_count) != (jax.process_index(), jax.process_count()):
         raise ValueError(f"batcher is set up as process {batcher.process_index} of {batcher.process_count}, but "
                          f"this is process {jax.process_index()} of {jax.process_count()}: each process must "
@@ -46,6 +51,8 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
             progress.set_postfix(loss=f"{logged['loss']:.4f}")
             if on_metrics is not None:
                 on_metrics(step + 1, logged)
+            if on_state is not None:
+                on_state(step + 1, state, logged)
         progress.update(1)
     progress.close()
     if checkpointer is not None:

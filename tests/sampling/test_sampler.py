@@ -82,6 +82,21 @@ def test_per_row_organism_and_ia_match_uncached_composition(adapted):
     assert len({tuple(g) for g in ours}) == 4  # the adapters really change the answers
 
 
+def test_swapping_the_ia_reuses_compiled_programs_and_matches_a_fresh_sampler(adapted):
+    model, organisms, ia = adapted
+    other = ia.replace(weights={t: {"lora_a": w["lora_a"], "lora_b": -2 * w["lora_b"]} for t, w in ia.weights.items()})
+    prompts, params = _prompts(2, (6, 4)), SamplingParams(max_new_tokens=NEW)
+    sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(4,))
+    first = sampler.generate(prompts, params, organism_ids=[0, 1], use_ia=True)
+    sampler.set_ia(other)
+    swapped = sampler.generate(prompts, params, organism_ids=[0, 1], use_ia=True)
+    fresh = Sampler(model, organisms=organisms, ia=other, prompt_buckets=(16,), batch_buckets=(4,))
+    assert swapped == fresh.generate(prompts, params, organism_ids=[0, 1], use_ia=True) != first
+    assert sampler.compiled_variants() == 1
+    with pytest.raises(ValueError, match="config and shapes"):
+        sampler.set_ia(lora.init_adapter(model.config, lora.LoraConfig(rank=3, alpha=4.0), jax.random.key(2)))
+
+
 def test_stop_tokens_limits_and_one_compile_per_bucket(adapted):
     model, _, _ = adapted
     sampler = Sampler(model, prompt_buckets=(8, 16), batch_buckets=(2, 4))
