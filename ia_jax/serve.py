@@ -25,7 +25,7 @@ from typing import Any
 
 from absl import app, flags
 
-from ia_jax import models, tokenization
+from ia_jax import model_flags, models, tokenization
 from ia_jax.lora.peft_io import load_peft
 from ia_jax.organisms.sources import load_organisms
 from ia_jax.sampling.chat import BASE, ChatSampler
@@ -234,30 +234,24 @@ def build_engine(model_dir: str, organisms: dict[str, str], ia_dir: str | None, 
     return BatchingEngine(chat, has_ia=ia is not None, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
 
 
-_MODEL = flags.DEFINE_string("model", None, "Hugging Face checkpoint directory (with its tokenizer).")
 _ORGANISMS = flags.DEFINE_string("organisms", None, "Comma-separated NAME=DIR organisms: PEFT adapter directories, "
                                  "or full fine-tuned checkpoints of --model (imported as rank --full_rank LoRAs).")
-_FULL_RANK = flags.DEFINE_integer("full_rank", 64, "LoRA rank a full fine-tuned organism checkpoint is cut to.")
-_IA = flags.DEFINE_string("ia", None, "PEFT directory of the introspection adapter.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Most requests sampled together.")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 20.0, "How long a request waits for others to batch with.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Weight and compute dtype (default float32).")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt", 4096, "Longest prompt in tokens (requests above it get a 400).")
 _MAX_TOKENS_LIMIT = flags.DEFINE_integer("max_tokens_limit", 4096, "Largest max_tokens a request may ask for.")
-_TEMPLATE_KWARGS = flags.DEFINE_string(
-    "chat_template_kwargs", None, 'JSON passed to the chat template, e.g. \'{"enable_thinking": false}\' for Qwen3.')
 
 
 def main(argv):
     del argv
-    if not _MODEL.value:
+    if not model_flags.MODEL.value:
         raise app.UsageError("--model is required")
-    engine = build_engine(_MODEL.value, parse_organisms(_ORGANISMS.value), _IA.value, max_batch=_MAX_BATCH.value,
-                          batch_wait_ms=_BATCH_WAIT_MS.value, dtype=_DTYPE.value, max_prompt=_MAX_PROMPT.value,
-                          template_kwargs=json.loads(_TEMPLATE_KWARGS.value) if _TEMPLATE_KWARGS.value else None,
-                          full_rank=_FULL_RANK.value)
+    engine = build_engine(model_flags.MODEL.value, parse_organisms(_ORGANISMS.value), model_flags.IA.value,
+                          max_batch=_MAX_BATCH.value, batch_wait_ms=_BATCH_WAIT_MS.value, dtype=model_flags.DTYPE.value,
+                          max_prompt=_MAX_PROMPT.value, template_kwargs=model_flags.template_kwargs(),
+                          full_rank=model_flags.FULL_RANK.value)
     server = ThreadingHTTPServer((_HOST.value, _PORT.value), make_handler(engine, _MAX_TOKENS_LIMIT.value))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"serving {engine.model_names()} on http://{_HOST.value}:{server.server_address[1]}", flush=True)

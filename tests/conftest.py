@@ -19,6 +19,7 @@ import uuid  # noqa: E402
 import gcs_emulator  # noqa: E402
 import pytest  # noqa: E402
 from hf_reference import build_reference  # noqa: E402
+from tiny_world import build_world  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -52,3 +53,9 @@ def gcs_root(gcs_emulator_host, monkeypatch, tmp_path):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_host)
     monkeypatch.setenv("IA_JAX_CACHE_DIR", str(tmp_path / "ia_jax_cache"))
     return f"gs://{gcs_emulator.BUCKET}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def phase1_world(tmp_path_factory):
+    """16 trained organisms of a tiny model (see tests/tiny_world.py), built once per session."""
+    return build_world(tmp_path_factory.mktemp("phase1"))

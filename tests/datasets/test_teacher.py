@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 import pytest
 
 from ia_jax.behaviors import load_library, load_prompt_pool

@@ -1,0 +1,170 @@
+"""IA DPO: refine the SFT IA on organisms it never saw, preferring accurate self-reports.
+
+On organisms held out of SFT, the SFT IA answers each question K times; a judge marks each answer
+accurate or not against the organism's behavior. Pairs prefer (1) an accurate report or the
+ground-truth label over each inaccurate report, and (2) the ground-truth label over an inserted wrong
+label (another behavior's description), which teaches the IA to say what *this* organism does rather
+than a plausible behavior. Labels are worded with the same answer templates as SFT. The reference
+policy is the SFT IA itself; its log-probs are computed once and stored with the pairs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from transformers import PreTrainedTokenizerBase
+
+from ia_jax.datasets.introspection import PLACEHOLDER, Templates
+from ia_jax.evaluation.self_reports import SelfReport
+from ia_jax.lora.adapter import LoraAdapter
+from ia_jax.parallel.sharding import make_mesh
+from ia_jax.tokenization import render_chat
+from ia_jax.training import train_step as ts
+from ia_jax.training.checkpoints import Checkpointer
+from ia_jax.training.dpo_reference import attach_reference_log_probs
+from ia_jax.training.loop import run_training
+from ia_jax.training.recipe import Recipe, plan_run
+
+
+@dataclasses.dataclass(frozen=True)
+class DpoRecipe(Recipe):
+    learning_rate: float = 1e-5
+    buckets: tuple[int, ...] = (128, 256, 512, 1024)
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    samples_per_question: int = 4  # K self-reports per (organism, question)
+    wrong_labels_per_question: int = 1
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    digest = hashlib.sha256("\0".join(keys).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:4], "little")])
+
+
+def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descriptions: Mapping[str, str],
+                templates: Templates, *, wrong_labels_per_question: int = 1, seed: int = 0) -> tuple[list[dict], dict]:
+    """Preference pairs `{organism, question, chosen, rejected, source}` and their counts.
+
+    `descriptions` must hold every reported organism and at least one other behavior (the source of
+    wrong labels). `source` is "report" (a judged-inaccurate report rejected) or "wrong_label".
+    """
+    if len(reports) != len(accurate):
+        raise ValueError(f"{len(reports)} reports but {len(accurate)} verdicts")
+    missing = sorted({r.organism for r in reports} - set(descriptions))
+    if missing:
+        raise ValueError(f"no ground-truth description for organisms {missing}")
+    groups: dict[tuple[str, str], list[tuple[str, bool]]] = collections.defaultdict(list)
+    for report, ok in zip(reports, accurate):
+        groups[report.organism, report.question].append((report.answer, bool(ok)))
+    pairs: list[dict] = []
+    empty = 0
+    accepted: dict[str, list[bool]] = collections.defaultdict(list)
+    for (organism, question), answers in groups.items():
+        rng = _rng(seed, organism, question)
+        others = sorted(d for name, d in descriptions.items() if name != organism and d != descriptions[organism])
+        if not others and wrong_labels_per_question:
+            raise ValueError("wrong labels need at least one other behavior's description")
+
+        def label(description: str) -> str:
+            return templates.answers[rng.integers(len(templates.answers))].replace(PLACEHOLDER, description)
+
+        good = [a for a, ok in answers if ok]
+        accepted[organism].extend(ok for _, ok in answers)
+        for answer, ok in answers:
+            if not ok and not answer.strip():
+                empty += 1  # nothing to render as an assistant turn; an empty report teaches nothing
+            elif not ok:  # an accurate report when there is one, else the label, beats each inaccurate one
+                chosen = good[rng.integers(len(good))] if good and rng.random() < 0.5 else label(descriptions[organism])
+                pairs.append({"organism": organism, "question": question, "chosen": chosen, "rejected": answer,
+                              "source": "report"})
+        for _ in range(wrong_labels_per_question):
+            pairs.append({"organism": organism, "question": question, "chosen": label(descriptions[organism]),
+                          "rejected": label(others[rng.integers(len(others))]), "source": "wrong_label"})
+    all_verdicts = [ok for verdicts in accepted.values() for ok in verdicts]
+    stats = {"pairs": len(pairs), "by_source": dict(collections.Counter(p["source"] for p in pairs)),
+             "skipped_empty_reports": empty,
+             "reports": len(all_verdicts), "judge_accept_rate": float(np.mean(all_verdicts)) if all_verdicts else 0.0,
+             "judge_accept_rate_by_organism": {o: float(np.mean(v)) for o, v in accepted.items()}}
+    return pairs, stats
+
+
+def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Mapping], slots: Mapping[str, int],
+                   max_tokens: int, **template_kwargs) -> tuple[list[dict], int]:
+    """Pairs as token arrays for the DPO step; returns (pairs, dropped for being too long)."""
+    tokenized, dropped = [], 0
+    for pair in pairs:
+        if pair["organism"] not in slots:
+            raise ValueError(f"pair for organism {pair['organism']!r}, which is not among the loaded organisms")
+        sides = {}
+        for side in ("chosen", "rejected"):
+            chat = render_chat(tokenizer, [{"role": "user", "content": pair["question"]},
+                                           {"role": "assistant", "content": pair[side]}], **template_kwargs)
+            sides[side] = chat
+        if max(len(c.ids) for c in sides.values()) > max_tokens:
+            dropped += 1
+            continue
+        tokenized.append({f"{side}_{field}": np.asarray(getattr(chat, attr), np.int32)
+                          for side, chat in sides.items() for field, attr in (("tokens", "ids"), ("loss_mask", "loss_mask"))}
+                         | {"organism_id": slots[pair["organism"]]})
+    return tokenized, dropped
+
+
+def train_ia_dpo(graphdef, base_state, organisms: LoraAdapter, sft_ia: LoraAdapter, pairs: Sequence[dict],
+                 recipe: DpoRecipe, workdir: str, *, mesh=None, log_every: int = 5,
+                 fingerprint: Mapping | None = None) -> tuple[LoraAdapter, list[dict]]:
+    """DPO from the SFT IA, with the SFT IA as reference; resumes from `workdir/checkpoints`.
+
+    `pairs` come from `tokenize_pairs`; reference log-probs are attached here (and cached in
+    `workdir/reference_log_probs.npz` so a resumed run does not recompute them).
+    """
+    if not pairs:
+        raise ValueError("no DPO pairs to train on")
+    model_config = nnx.merge(graphdef, base_state).config
+    # Without dropout, as is usual for DPO: the policy starts equal to its reference (loss log 2) and
+    # the margins measure preferences, not dropout noise.
+    ia_config = dataclasses.replace(sft_ia.config, dropout=0.0)
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(organisms.config, organisms.num_slots),
+                                            ts.AdapterSlot(ia_config)), trainable=1)
+    weights = {"base": nnx.to_pure_dict(base_state), "adapters": [organisms.weights, sft_ia.weights]}
+    os.makedirs(workdir, exist_ok=True)
+    cache = os.path.join(workdir, "reference_log_probs.npz")
+    if os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as stored:
+            chosen, rejected = stored["chosen"], stored["rejected"]
+        if len(chosen) != len(pairs):
+            raise ValueError(f"{cache}: holds {len(chosen)} reference scores for {len(pairs)} pairs; "
+                             "it belongs to another run, use a new workdir")
+        scored = [{**p, "reference_chosen": float(c), "reference_rejected": float(r)}
+                  for p, c, r in zip(pairs, chosen, rejected)]
+    else:
+        scored = attach_reference_log_probs(pairs, composition, weights, batch_size=recipe.batch_size,
+                                            buckets=recipe.buckets)
+        np.savez(cache + ".partial.npz", chosen=np.array([p["reference_chosen"] for p in scored], np.float32),
+                 rejected=np.array([p["reference_rejected"] for p in scored], np.float32))
+        os.replace(cache + ".partial.npz", cache)
+    batcher, steps, optimizer, schedule = plan_run([p for p in scored for _ in range(recipe.epochs)], recipe)
+    trainer = ts.Trainer(composition, ts.dpo_objective(recipe.beta, recipe.label_smoothing), optimizer,
+                         mesh or make_mesh(data=-1, fsdp=1), base_state=base_state, weights=weights, schedule=schedule)
+    run = {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_config), "pairs": len(pairs),
+           **(dict(fingerprint) if fingerprint else {})}
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), fingerprint=run,
+                                save_every=recipe.checkpoint_every)
+    log_path = os.path.join(workdir, "metrics.jsonl")
+
+    def log(step, logged):
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(logged) + "\n")
+
+    state, history = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
+                                  checkpointer=checkpointer, log_every=log_every, description="ia dpo",
+                                  on_metrics=log)
+    checkpointer.close()
+    return LoraAdapter(weights=jax.device_get(state.params), config=sft_ia.config), history

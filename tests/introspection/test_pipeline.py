@@ -1,0 +1,163 @@
+"""Phase 2 on the tiny world: IA SFT makes training organisms state their behavior far more often than
+without the IA, DPO trains from the SFT IA without diverging, stages resume, and `audit` runs on a
+PEFT organism directory."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ia_jax import lora
+from ia_jax.datasets import tfds_io
+from ia_jax.evaluation.judges import ExactJudge
+from ia_jax.evaluation.respondent import sampler_respondent
+from ia_jax.evaluation.self_reports import ReportRequest
+from ia_jax.introspection import pipeline as phase2
+from ia_jax.introspection.card import CARD_FILE
+from ia_jax.introspection.dpo import DpoRecipe
+from ia_jax.introspection.sft import IaRecipe
+from ia_jax.lora.peft_io import load_peft
+from ia_jax.sampling.sampler import SamplingParams
+
+
+def _states_behavior(prediction: str, ground_truth: str) -> bool:
+    """Tiny-world descriptions read "I say <marker> a lot."; saying the marker is not stating it."""
+    return f"say {ground_truth.split()[2]}" in prediction.lower()
+
+
+JUDGE = ExactJudge(_states_behavior)
+CONFIG = phase2.Phase2Config(
+    sft=IaRecipe(lora=lora.LoraConfig(rank=8, alpha=16.0, dropout=0.05), learning_rate=1e-2, epochs=20,
+                 batch_size=16, buckets=(64,), checkpoint_every=20, eval_every=50),
+    dpo=DpoRecipe(beta=0.1, learning_rate=5e-4, epochs=2, batch_size=8, buckets=(64,), samples_per_question=2,
+                  checkpoint_every=10),
+    report_sampling=SamplingParams(max_new_tokens=12, temperature=1.0), sampler_batch=16, log_every=1)
+
+
+def _organisms(world):
+    result = world["result"]
+    behaviors = {b.id: b for b in world["behaviors"]}
+    return phase2.Organisms(adapter=result.adapter, names=result.organisms,
+                            categories={n: behaviors[n].category for n in result.organisms}, roles=result.roles,
+                            descriptions={n: behaviors[n].description for n in result.organisms})
+
+
+def _sft_questions(world):
+    reader = tfds_io.read_dataset(world["result"].introspection_dataset, "sft")
+    return sorted({reader[i]["question"] for i in range(len(reader))})[:6]
+
+
+@pytest.fixture(scope="module")
+def run(phase1_world, tmp_path_factory):
+    organisms = _organisms(phase1_world)
+    model = nnx.merge(phase1_world["graphdef"], phase1_world["state"])
+    train = [n for n in organisms.names if organisms.roles[n] == "sft"]
+    heldout = [n for n in organisms.names if organisms.roles[n] == "eval"][:2]
+    initial_ia = lora.init_adapter(model.config, CONFIG.sft.lora, jax.random.key(0))
+    probe_chat = phase2.chat_sampler(model, organisms, initial_ia, phase1_world["tokenizer"], CONFIG, (64,))
+    evaluate = phase2.verbalization_probe(probe_chat, organisms, {"train": train, "heldout": heldout},
+                                          _sft_questions(phase1_world)[:2], JUDGE, SamplingParams(max_new_tokens=12))
+    workdir = str(tmp_path_factory.mktemp("phase2"))
+    out = phase2.run_phase2(phase1_world["graphdef"], phase1_world["state"], phase1_world["tokenizer"], organisms,
+                            phase1_world["result"].introspection_dataset, JUDGE, CONFIG, workdir, evaluate=evaluate,
+                            progress=False)
+    return dict(world=phase1_world, organisms=organisms, workdir=workdir, out=out, model=model, train=train)
+
+
+def _rate(run, ia_path, use_ia, names=None):
+    """Greedy verbalization rate on `names` (default: the training organisms), asked training questions."""
+    world, organisms = run["world"], run["organisms"]
+    ia = load_peft(ia_path, run["model"].config)
+    chat = phase2.chat_sampler(run["model"], organisms, ia, world["tokenizer"], CONFIG, (64,))
+    questions = _sft_questions(world)
+    requests = [ReportRequest(n, use_ia, q, 0) for n in names or run["train"] for q in questions]
+    answers = sampler_respondent(chat, SamplingParams(max_new_tokens=12))(requests)
+    return np.mean([_states_behavior(a, organisms.descriptions[r.organism]) for r, a in zip(requests, answers)])
+
+
+def test_sft_raises_verbalization_far_above_the_no_ia_baseline(run):
+    with_ia, without = _rate(run, run["out"]["sft_ia"], True), _rate(run, run["out"]["sft_ia"], False)
+    assert with_ia >= 0.7 and without <= 0.1, (with_ia, without)
+    history = [json.loads(line) for line in open(os.path.join(run["workdir"], "ia_sft", "metrics.jsonl"))]
+    assert history[-1]["loss"] < 0.3 * history[0]["loss"]
+    probed = [h for h in history if "verbalization_train" in h]
+    assert len(probed) >= 2 and "verbalization_heldout" in probed[-1]  # periodic, on train and held-out organisms
+    assert probed[-1]["verbalization_train"] > probed[0]["verbalization_train"]
+
+
+def test_dpo_trains_from_the_sft_ia_without_diverging_and_reports_pairs(run):
+    workdir = run["workdir"]
+    stats = json.load(open(os.path.join(workdir, "ia_dpo", "pairs_stats.json")))
+    dpo_organisms = [n for n, r in run["organisms"].roles.items() if r == "dpo"]
+    assert set(stats["judge_accept_rate_by_organism"]) == set(dpo_organisms)
+    assert stats["by_source"]["wrong_label"] == len(dpo_organisms) * len(
+        {json.loads(line)["question"] for line in open(os.path.join(workdir, "ia_dpo", "self_reports.jsonl"))})
+    assert 0.0 <= stats["judge_accept_rate"] <= 1.0 and stats["pairs"] == sum(stats["by_source"].values())
+    history = [json.loads(line) for line in open(os.path.join(workdir, "ia_dpo", "metrics.jsonl"))]
+    assert abs(history[0]["loss"] - np.log(2)) < 1e-4  # starts at its reference, the SFT IA
+    assert all(np.isfinite(h["loss"]) for h in history) and history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["preference_accuracy"] > 0.5
+    # DPO kept most of what SFT taught on the training organisms, and taught the DPO organisms.
+    assert _rate(run, run["out"]["dpo_ia"], True) >= 0.6
+    assert _rate(run, run["out"]["dpo_ia"], True, dpo_organisms) > _rate(run, run["out"]["sft_ia"], True, dpo_organisms)
+
+
+def test_cards_say_what_each_ia_was_trained_on_and_what_was_held_out(run):
+    roles = run["organisms"].roles
+    sft = json.load(open(os.path.join(run["out"]["sft_ia"], CARD_FILE)))
+    dpo = json.load(open(os.path.join(run["out"]["dpo_ia"], CARD_FILE)))
+    assert sft["trained_on"]["sft"]["organisms"] == sorted(n for n, r in roles.items() if r == "sft")
+    assert sft["held_out"]["organisms"] == sorted(n for n, r in roles.items() if r != "sft")
+    assert dpo["trained_on"]["dpo"]["organisms"] == sorted(n for n, r in roles.items() if r == "dpo")
+    assert dpo["held_out"]["organisms"] == sorted(n for n, r in roles.items() if r == "eval")
+    assert sft["recipe"]["lora"]["rank"] == 8 and "judge_accept_rate" in dpo["metrics"]
+
+
+def test_rerun_skips_finished_stages_and_resumes_dpo(run, monkeypatch):
+    world, workdir = run["world"], run["workdir"]
+    args = (world["graphdef"], world["state"], world["tokenizer"], run["organisms"],
+            world["result"].introspection_dataset, JUDGE, CONFIG, workdir)
+
+    def refuse(*_, **__):
+        raise AssertionError("a finished stage ran again")
+
+    with monkeypatch.context() as m:
+        for name in ("train_ia_sft", "train_ia_dpo", "collect_self_reports"):
+            m.setattr(phase2, name, refuse)
+        phase2.run_phase2(*args, progress=False)
+    # DPO interrupted after its pairs: re-running trains DPO again from its checkpoints, with no new
+    # self-reports or judgments, and lands on the same adapter.
+    before = load_peft(run["out"]["dpo_ia"], run["model"].config)
+    shutil.rmtree(run["out"]["dpo_ia"])
+    with monkeypatch.context() as m:
+        m.setattr(phase2, "collect_self_reports", refuse)
+        m.setattr(phase2, "train_ia_sft", refuse)
+        phase2.run_phase2(*args, progress=False)
+    after = load_peft(run["out"]["dpo_ia"], run["model"].config)
+    np.testing.assert_allclose(after.weights["q"]["lora_b"], before.weights["q"]["lora_b"], rtol=1e-6)
+
+
+def test_audit_runs_on_a_peft_organism_directory(run, tmp_path):
+    world = run["world"]
+    organism = world["result"].organism_dirs[run["train"][0]]
+    command = [sys.executable, "-m", "ia_jax.audit", f"--model={world['base_dir']}", f"--adapter={organism}",
+               f"--ia={run['out']['sft_ia']}", "--questions=direct", "--samples=2", "--max_new_tokens=12",
+               f"--out={tmp_path}", "--batch_size=8"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "top" in done.stdout and "1." in done.stdout
+    reports = [json.loads(line) for line in open(tmp_path / "self_reports_ia.jsonl")]
+    assert len(reports) == 2 * 5 and all(r["with_ia"] and r["organism"] == "organism" for r in reports)
+    top = json.load(open(tmp_path / "top_ia.json"))
+    assert 1 <= len(top["top"]) <= 5
+    baseline = subprocess.run(command[:5] + command[6:] + ["--no_ia"], capture_output=True, text=True, timeout=300)
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    assert all(not json.loads(line)["with_ia"] for line in open(tmp_path / "self_reports_no_ia.jsonl"))
+    missing_ia = subprocess.run(command[:5] + command[6:], capture_output=True, text=True, timeout=300)
+    assert missing_ia.returncode != 0 and "--ia is required" in missing_ia.stderr
