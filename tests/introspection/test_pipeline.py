@@ -161,3 +161,26 @@ def test_audit_runs_on_a_peft_organism_directory(run, tmp_path):
     assert all(not json.loads(line)["with_ia"] for line in open(tmp_path / "self_reports_no_ia.jsonl"))
     missing_ia = subprocess.run(command[:5] + command[6:], capture_output=True, text=True, timeout=300)
     assert missing_ia.returncode != 0 and "--ia is required" in missing_ia.stderr
+
+
+def test_the_ia_applies_to_a_full_fine_tuned_checkpoint_and_to_the_base(run, tmp_path):
+    """Base + organism adapter + IA, the organism merged into a full checkpoint + IA, and that full
+    checkpoint imported back as an organism give the same greedy self-reports; the base + IA works too."""
+    from ia_jax import models
+    from ia_jax.audit import audit
+    from ia_jax.evaluation.questions import DIRECT_QUESTIONS
+
+    world = run["world"]
+    name = run["train"][0]
+    organism_dir = world["result"].organism_dirs[name]
+    merged_dir = str(tmp_path / "merged")
+    base = models.load_hf(world["base_dir"])
+    models.save_hf(lora.merge(base, load_peft(organism_dir, base.config)), merged_dir, tokenizer=world["tokenizer"])
+    kwargs = dict(ia=run["out"]["sft_ia"], use_ia=True, questions=DIRECT_QUESTIONS[:2], samples=1,
+                  params=SamplingParams(max_new_tokens=12), batch_size=8, progress=False)
+    adapter, _ = audit(world["base_dir"], adapter=organism_dir, out_dir=str(tmp_path / "a"), **kwargs)
+    full, _ = audit(merged_dir, adapter=None, out_dir=str(tmp_path / "b"), **kwargs)
+    imported, _ = audit(world["base_dir"], adapter=merged_dir, full_rank=4, out_dir=str(tmp_path / "c"), **kwargs)
+    assert [r.answer for r in adapter] == [r.answer for r in full] == [r.answer for r in imported]
+    base_reports, top = audit(world["base_dir"], adapter=None, out_dir=str(tmp_path / "d"), **kwargs)
+    assert all(r.organism == "base" for r in base_reports) and top
