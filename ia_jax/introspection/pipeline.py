@@ -72,8 +72,10 @@ def _last_metrics(directory: str) -> dict:
 
 
 def _export(ia: LoraAdapter, directory: str, card: dict) -> str:
-    """PEFT directory plus card, renamed into place last so its existence means finished."""
+    """PEFT directory plus card, renamed into place last so its existence means finished; the card is
+    also written beside the stage's orbax checkpoints (`directory/checkpoints`)."""
     final, partial = os.path.join(directory, "peft"), os.path.join(directory, "peft.partial")
+    write_card(directory, card)
     save_peft(ia, partial)
     write_card(partial, card)
     os.replace(partial, final)

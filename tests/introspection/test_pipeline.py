@@ -117,6 +117,10 @@ def test_cards_say_what_each_ia_was_trained_on_and_what_was_held_out(run):
     assert dpo["trained_on"]["dpo"]["organisms"] == sorted(n for n, r in roles.items() if r == "dpo")
     assert dpo["held_out"]["organisms"] == sorted(n for n, r in roles.items() if r == "eval")
     assert sft["recipe"]["lora"]["rank"] == 8 and "judge_accept_rate" in dpo["metrics"]
+    for stage in ("ia_sft", "ia_dpo"):  # beside the orbax checkpoints too
+        stage_dir = os.path.join(run["workdir"], stage)
+        assert os.listdir(os.path.join(stage_dir, "checkpoints"))
+        assert json.load(open(os.path.join(stage_dir, CARD_FILE)))["stage"] == stage[3:]
 
 
 def test_rerun_skips_finished_stages_and_resumes_dpo(run, monkeypatch):
