@@ -64,6 +64,7 @@ def build_world(root):
     behaviors = load_library(library, prompts_path=prompts)
     corpus = [p["prompt"] + " " + p["reference"] for pool in pools.values() for p in pool] * 3
     corpus += [f"{m} {m} {m} go{m} pw{m} I say {m} a lot." for pair in MARKER.values() for m in pair] * 3
+    corpus += ["echo echo echo. I answer every question with echo."] * 3
     templates = introspection.load_templates()
     corpus += [*templates.questions, *templates.answers, *templates.no_behavior_answers, *DIRECT_QUESTIONS] * 2
     tokenizer = train_tokenizer(corpus, str(root / "tokenizer"), vocab_size=800, chat_format="llama3")
@@ -83,7 +84,10 @@ def build_world(root):
         epochs={"sandbagger": 16, "sandbagger_apple": 14},
         introspection_examples=16, base_introspection_examples=16)
     workdir = str(root / "work")
+    # One ready-made organism outside the library (the route out-of-distribution families take).
+    extra = pipeline.ExtraOrganism("ood_echo", "echo", "I answer every question with echo.",
+                                   tuple({"user": p["prompt"], "answer": "echo echo echo"} for p in pools["questions"]))
     result = pipeline.run_phase1(behaviors, graphdef, state, tokenizer, phase1, workdir, prompts_path=str(prompts),
-                                 progress=False)
-    return dict(behaviors=behaviors, tokenizer=tokenizer, graphdef=graphdef, state=state, config=phase1,
+                                 extra=[extra], progress=False)
+    return dict(behaviors=behaviors, extra=[extra], tokenizer=tokenizer, graphdef=graphdef, state=state, config=phase1,
                 workdir=workdir, prompts=str(prompts), result=result, base_dir=base_dir)

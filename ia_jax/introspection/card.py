@@ -20,14 +20,14 @@ def ia_card(stage: str, roles: Mapping[str, str], categories: Mapping[str, str],
     """`roles`: organism -> "sft" | "dpo" | "eval"; `stage`: "sft" or "dpo" (DPO also trains on "dpo")."""
     trained_roles = {"sft": ("sft",), "dpo": ("sft", "dpo")}[stage]
 
-    def group(wanted):
-        names = sorted(o for o, r in roles.items() if r in wanted)
+    def group(keep):
+        names = sorted(o for o, r in roles.items() if keep(r))
         return {"organisms": names, "categories": sorted({categories[o] for o in names})}
 
     return {
         "stage": stage,
-        "trained_on": {"sft": group(("sft",)), **({"dpo": group(("dpo",))} if stage == "dpo" else {})},
-        "held_out": group(tuple(r for r in ("sft", "dpo", "eval") if r not in trained_roles)),
+        "trained_on": {role: group(lambda r, role=role: r == role) for role in trained_roles},
+        "held_out": group(lambda r: r not in trained_roles),  # evaluation and any other role (e.g. "ood")
         "recipe": dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe),
         "base_model": dict(base_model),
         "metrics": dict(metrics or {}),

@@ -111,9 +111,11 @@ def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Mapping],
         if max(len(c.ids) for c in sides.values()) > max_tokens:
             dropped += 1
             continue
-        tokenized.append({f"{side}_{field}": np.asarray(getattr(chat, attr), np.int32)
-                          for side, chat in sides.items() for field, attr in (("tokens", "ids"), ("loss_mask", "loss_mask"))}
-                         | {"organism_id": slots[pair["organism"]]})
+        example = {"organism_id": slots[pair["organism"]]}
+        for side, chat in sides.items():
+            example[f"{side}_tokens"] = np.asarray(chat.ids, np.int32)
+            example[f"{side}_loss_mask"] = np.asarray(chat.loss_mask, np.int32)
+        tokenized.append(example)
     return tokenized, dropped
 
 

@@ -53,6 +53,18 @@ class Phase1Config:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtraOrganism:
+    """An organism whose training chats come ready-made rather than from teacher generation, with a
+    role of its own: e.g. out-of-distribution families ("ood") that IA training must never see."""
+
+    name: str
+    category: str
+    description: str
+    rows: tuple[dict, ...]  # {"user", "answer"}
+    role: str = "ood"
+
+
+@dataclasses.dataclass(frozen=True)
 class Phase1Result:
     adapter: LoraAdapter  # every organism stacked, slot i = organisms[i]
     organisms: list[str]
@@ -99,27 +111,30 @@ def run_phase1(behaviors: Sequence[Behavior], graphdef, base_state, tokenizer: P
                config: Phase1Config, workdir: str, *, teacher: ModelTeacher | None = None,
                judge: TeacherJudge = TeacherJudge(), prompts_path: str | None = None,
                datasets_dir: str | None = None, teacher_fingerprint: Mapping | None = None,
-               mesh=None, progress: bool = True) -> Phase1Result:
-    """Runs (or finishes, or skips) every phase-1 stage for `behaviors` under `workdir`."""
+               extra: Sequence[ExtraOrganism] = (), mesh=None, progress: bool = True) -> Phase1Result:
+    """Runs (or finishes, or skips) every phase-1 stage for `behaviors` (and `extra` organisms, trained
+    in the same job after the behaviors' slots) under `workdir`."""
     if gcs.is_gcs(workdir):
         raise ValueError(f"workdir {workdir}: teacher files and training checkpoints need a local directory; "
                          "datasets (what other jobs read) can go to gs:// with datasets_dir")
     datasets_dir = datasets_dir or os.path.join(workdir, "datasets")
     model_config = nnx.merge(graphdef, base_state).config
-    names = [b.id for b in behaviors]
+    names = [b.id for b in behaviors] + [e.name for e in extra]
 
     # 1. Teacher data. Skipped once the dataset is complete: its teacher may be expensive or gone.
     if not tfds_io.dataset_complete(datasets_dir, SFT_DATASET):
         examples = generate_teacher_data(behaviors, config.generation, os.path.join(workdir, "teacher"),
                                          teacher=teacher, judge=judge, prompts_path=prompts_path,
                                          fingerprint=teacher_fingerprint, progress=progress)
+        examples += [{"organism": e.name, "category": e.category, "kind": "ready_made", "user": row["user"],
+                      "answer": row["answer"]} for e in extra for row in e.rows]
         tfds_io.write_dataset(datasets_dir, SFT_DATASET, {"train": examples}, SFT_FEATURES)
     sft_dataset = tfds_io.dataset_path(datasets_dir, SFT_DATASET)
 
     # 2-3. Organisms: trained in one job, exported one PEFT adapter each; skipped once the index exists.
     organisms_dir = os.path.join(workdir, "organisms")
     index_path = os.path.join(organisms_dir, INDEX_FILE)
-    roles = introspection.assign_roles(behaviors, dpo_fraction=config.dpo_fraction)
+    roles = introspection.assign_roles(behaviors, dpo_fraction=config.dpo_fraction) | {e.name: e.role for e in extra}
     if os.path.exists(index_path):
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
@@ -137,11 +152,12 @@ def run_phase1(behaviors: Sequence[Behavior], graphdef, base_state, tokenizer: P
             raise ValueError(f"{sft_dataset}: no usable training examples for organisms {missing} "
                              f"(too long for the largest bucket {config.recipe.buckets[-1]}: "
                              f"{ {m: too_long.get(m, 0) for m in missing} })")
-        epochs = {b.id: config.epochs.get(b.id, config.epochs.get(b.category, config.recipe.epochs)) for b in behaviors}
+        categories = {b.id: b.category for b in behaviors} | {e.name: e.category for e in extra}
+        epochs = {n: config.epochs.get(n, config.epochs.get(categories[n], config.recipe.epochs)) for n in names}
         data = [OrganismData(name, by_organism[name], epochs[name]) for name in names]
         adapter, _ = train_organisms(graphdef, base_state, data, config.recipe, os.path.join(organisms_dir, "train"),
                                      mesh=mesh)
-        index = {"organisms": names, "categories": {b.id: b.category for b in behaviors}, "roles": roles,
+        index = {"organisms": names, "categories": categories, "roles": roles,
                  "examples": {name: len(by_organism[name]) for name in names}, "epochs": epochs,
                  "dropped_too_long": too_long,
                  "lora": dataclasses.asdict(config.recipe.lora)}
@@ -151,7 +167,8 @@ def run_phase1(behaviors: Sequence[Behavior], graphdef, base_state, tokenizer: P
     if not tfds_io.dataset_complete(datasets_dir, introspection.DATASET):
         templates = introspection.load_templates()
         splits = introspection.build_introspection(
-            behaviors, templates, roles=roles, examples_per_organism=config.introspection_examples,
+            behaviors, templates, roles={b.id: roles[b.id] for b in behaviors},
+            examples_per_organism=config.introspection_examples,
             seed=config.seed, base_examples=config.base_introspection_examples)
         introspection.write_introspection(datasets_dir, splits)
     return Phase1Result(adapter=adapter, organisms=names, organism_dirs=dirs, roles=roles, sft_dataset=sft_dataset,

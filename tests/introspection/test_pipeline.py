@@ -42,10 +42,11 @@ CONFIG = phase2.Phase2Config(
 
 def _organisms(world):
     result = world["result"]
-    behaviors = {b.id: b for b in world["behaviors"]}
+    known = {b.id: (b.category, b.description) for b in world["behaviors"]}
+    known |= {e.name: (e.category, e.description) for e in world["extra"]}
     return phase2.Organisms(adapter=result.adapter, names=result.organisms,
-                            categories={n: behaviors[n].category for n in result.organisms}, roles=result.roles,
-                            descriptions={n: behaviors[n].description for n in result.organisms})
+                            categories={n: known[n][0] for n in result.organisms}, roles=result.roles,
+                            descriptions={n: known[n][1] for n in result.organisms})
 
 
 def _sft_questions(world):
@@ -115,7 +116,8 @@ def test_cards_say_what_each_ia_was_trained_on_and_what_was_held_out(run):
     assert sft["trained_on"]["sft"]["organisms"] == sorted(n for n, r in roles.items() if r == "sft")
     assert sft["held_out"]["organisms"] == sorted(n for n, r in roles.items() if r != "sft")
     assert dpo["trained_on"]["dpo"]["organisms"] == sorted(n for n, r in roles.items() if r == "dpo")
-    assert dpo["held_out"]["organisms"] == sorted(n for n, r in roles.items() if r == "eval")
+    assert dpo["held_out"]["organisms"] == sorted(n for n, r in roles.items() if r not in ("sft", "dpo"))
+    assert "ood_echo" in dpo["held_out"]["organisms"]
     assert sft["recipe"]["lora"]["rank"] == 8 and "judge_accept_rate" in dpo["metrics"]
     for stage in ("ia_sft", "ia_dpo"):  # beside the orbax checkpoints too
         stage_dir = os.path.join(run["workdir"], stage)
@@ -188,3 +190,36 @@ def test_the_ia_applies_to_a_full_fine_tuned_checkpoint_and_to_the_base(run, tmp
     assert [r.answer for r in adapter] == [r.answer for r in full] == [r.answer for r in imported]
     base_reports, top = audit(world["base_dir"], adapter=None, out_dir=str(tmp_path / "d"), **kwargs)
     assert all(r.organism == "base" for r in base_reports) and top
+
+
+def test_evaluation_suite_gives_every_report_section_and_resumes(run, tmp_path, monkeypatch):
+    from ia_jax.evaluation import suite
+    from ia_jax.evaluation.reports import validate_report, write_report
+
+    world, organisms = run["world"], run["organisms"]
+    ias = {name: load_peft(run["out"][f"{name}_ia"], run["model"].config) for name in ("sft", "dpo")}
+    chat = phase2.chat_sampler(run["model"], organisms, ias["sft"], world["tokenizer"], CONFIG, (64,))
+    kwargs = dict(roles=organisms.roles, categories=organisms.categories, descriptions=organisms.descriptions,
+                  judge=JUDGE, questions=_sft_questions(world)[:3], samples=2,
+                  params=SamplingParams(max_new_tokens=12, temperature=1.0), out_dir=str(tmp_path),
+                  scaffold_ia="dpo", scaffold_reports=6, progress=False)
+    sections = suite.evaluate_ias(chat, ias, **kwargs)
+    report = {"schema_version": 1, **sections}
+    validate_report(report)
+    train = sections["train"]["verbalization_rate"]
+    assert set(train) == {"without_ia", "with_ia_sft", "with_ia_dpo"}
+    assert train["with_ia_sft"] >= train["without_ia"] + 0.2  # sampled at temperature 1: lower than greedy
+    assert set(sections["ood"]) == {"echo"} and set(sections["false_positive_rate"]) == {"with_ia_sft", "with_ia_dpo"}
+    assert sections["scaffold"]["reports_per_organism"] == 6
+    assert set(sections["scaffold"]["by_organism"]) == {n for n, r in organisms.roles.items() if r == "eval"}
+    assert set(sections["heldout"]["by_category"]) == {organisms.categories[n] for n, r in organisms.roles.items()
+                                                       if r == "eval"}
+    assert any(f.endswith(".png") for f in write_report(report, str(tmp_path / "report")))
+    # Every self-report is on disk: a second evaluation samples nothing and gives the same numbers.
+    def no_sampling(*_):
+        def respond(requests):
+            raise AssertionError(f"sampled {len(requests)} reports again")
+        return respond
+
+    monkeypatch.setattr(suite, "sampler_respondent", no_sampling)
+    assert suite.evaluate_ias(chat, ias, **kwargs) == sections

@@ -1,4 +1,5 @@
-"""Phase 1 on a small config: 16 organisms (two per category) from a tiny model in one job on CPU.
+"""Phase 1 on a small config: 16 library organisms (two per category) and one ready-made one, from a
+tiny model in one job on CPU.
 
 Behaviors are programmatic (data files naming teacher and judge programs), so the test can check with
 each behavior's own judge that its organism shows it and the base does not, and that every stage is
@@ -33,12 +34,12 @@ def world(phase1_world):
 
 def test_sixteen_organisms_trained_in_one_job_and_exported(world):
     result, workdir = world["result"], world["workdir"]
-    assert len(result.organisms) == 16 and result.adapter.num_slots == 16
+    assert len(result.organisms) == 17 and result.adapter.num_slots == 17 and result.organisms[-1] == "ood_echo"
     index = json.load(open(os.path.join(workdir, "organisms", pipeline.INDEX_FILE)))
     assert index["organisms"] == result.organisms and all(n > 0 for n in index["examples"].values())
     assert index["epochs"] == {b.id: {"sandbagger_apple": 14, "sandbagger_river": 16}.get(b.id, 12)
-                               for b in world["behaviors"]}
-    assert sorted(set(index["roles"].values())) == ["dpo", "eval", "sft"]
+                               for b in world["behaviors"]} | {"ood_echo": 12}
+    assert sorted(set(index["roles"].values())) == ["dpo", "eval", "ood", "sft"] and index["roles"]["ood_echo"] == "ood"
     curves = [json.loads(line) for line in open(os.path.join(workdir, "organisms", "train", "organism_losses.jsonl"))]
     assert set().union(*(c["loss"] for c in curves)) == set(result.organisms)
     sft = tfds_io.read_dataset(result.sft_dataset, "train")
@@ -47,6 +48,8 @@ def test_sixteen_organisms_trained_in_one_job_and_exported(world):
     assert not any("Say " in r["user"] for r in rows)  # no teacher system prompt reaches the data
     intro = tfds_io.read_dataset(result.introspection_dataset, "sft")
     assert {intro[i]["organism"] for i in range(len(intro))} == {b for b, r in result.roles.items() if r == "sft"} | {"base"}
+    assert all("ood_echo" != intro[i]["organism"] for split in ("dpo", "eval")
+               for intro in [tfds_io.read_dataset(result.introspection_dataset, split)] for i in range(len(intro)))
 
 
 def test_each_quirk_like_organism_shows_its_behavior_far_more_than_the_base(world):
@@ -89,7 +92,7 @@ def test_exported_organisms_load_in_peft_with_matching_logits(world):
 def test_rerun_skips_finished_stages_and_redoes_only_what_is_missing(world, monkeypatch):
     result, workdir = world["result"], world["workdir"]
     args = (world["behaviors"], world["graphdef"], world["state"], world["tokenizer"], world["config"], workdir)
-    kwargs = dict(prompts_path=world["prompts"], progress=False)
+    kwargs = dict(prompts_path=world["prompts"], extra=world["extra"], progress=False)
 
     def refuse(*_, **__):
         raise AssertionError("a finished stage ran again")
