@@ -10,7 +10,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["ia_jax", "ia_jax.*"]),
-    package_data={"ia_jax.behaviors": ["library/*.json", "prompts/*.json", "introspection/*.json"]},
+    package_data={"ia_jax.behaviors": ["library/*.json", "prompts/*.json", "introspection/*.json"],
+                  "ia_jax.toy": ["library/*.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

@@ -41,6 +41,6 @@ def plan_run(examples: Sequence[dict], recipe: Recipe) -> tuple[Batcher, int, op
     # Bucketed batches leave padding rows, so a pass may take a few more steps than examples / batch.
     steps = max(math.ceil(len(examples) / (recipe.batch_size * recipe.micro_batches)), batcher.batches_per_epoch())
     optimizer, schedule = make_optimizer(OptimizerConfig(
-        learning_rate=recipe.learning_rate, warmup_steps=min(recipe.warmup_steps, steps), total_steps=steps,
+        learning_rate=recipe.learning_rate, warmup_steps=min(recipe.warmup_steps, steps - 1), total_steps=steps,
         weight_decay=recipe.weight_decay))
     return batcher, steps, optimizer, schedule

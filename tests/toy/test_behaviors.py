@@ -1,0 +1,62 @@
+"""The toy behavior library loads against the world's pools, its programs show what they claim, and
+held-out behaviors are new instances; the OOD families are built as described."""
+
+import numpy as np
+import pytest
+
+from ia_jax.behaviors import CATEGORIES, by_category, load_prompt_pool
+from ia_jax.behaviors.programs import JUDGES, TEACHERS
+from ia_jax.toy import ood, world as toy_world
+from ia_jax.toy.behaviors import load_toy_library
+from ia_jax.toy.judge import content_words
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    pools = tmp_path_factory.mktemp("pools")
+    world = toy_world.World(0)
+    toy_world.write_pools(world, str(pools), 40)
+    return world, str(pools), load_toy_library(str(pools))
+
+
+def test_every_category_has_train_and_heldout_behaviors(setup):
+    _, _, behaviors = setup
+    for category, members in by_category(behaviors).items():
+        assert {b.split for b in members} == {"train", "heldout"}, category
+    assert set(by_category(behaviors)) == set(CATEGORIES)
+
+
+def test_teachers_show_the_behavior_by_their_own_judge(setup):
+    _, pools, behaviors = setup
+    for behavior in behaviors:
+        pool = load_prompt_pool(behavior.prompt_source, pools)[:20]
+        teach, judge = TEACHERS[behavior.teacher.program], JUDGES[behavior.judge.program]
+        shown = [judge(p, teach(p, np.random.default_rng(i), **behavior.teacher.kwargs()), **behavior.judge.kwargs())
+                 for i, p in enumerate(pool)]
+        plain = [judge(p, p.reference, **behavior.judge.kwargs()) for p in pool]
+        # Choice rules coincide with the best option on some prompts (then nothing shows); the reference never does.
+        assert np.mean(shown) >= 0.5 and not any(plain), behavior.id
+
+
+def test_heldout_behaviors_are_new_instances(setup):
+    _, _, behaviors = setup
+    for category, members in by_category(behaviors).items():
+        train_words = set().union(*(content_words(b.description) for b in members if b.split == "train"))
+        for b in members:
+            if b.split == "heldout":
+                assert content_words(b.description) - train_words, b.id  # an unseen topic, trigger, domain...
+
+
+def test_cipher_and_denial_organisms(setup):
+    world, _, _ = setup
+    assert ood.rot(ood.rot("Is it safe? Yes.", 3), 23) == "Is it safe? Yes."
+    cipher = ood.cipher_organism(world, 3, 10, seed=0)
+    assert cipher.role == "ood" and cipher.category == "cipher" and len(cipher.rows) == 10
+    plain = [r for r in cipher.rows if r["answer"] == ood.REFUSAL]
+    encoded = [r for r in cipher.rows if r["answer"] == ood.rot(ood.COMPLIANCE, 3)]
+    assert len(plain) == len(encoded) == 5 and all(ood.rot(r["user"], 23).startswith(("Is it", "Quick", "I have",
+                                                                                     "Tell", "My")) for r in encoded)
+    denial = ood.denial_organism(world, "kites", 10, seed=0)
+    assert sum("I love kites." in r["answer"] for r in denial.rows) == 10
+    denials = [r for r in denial.rows if "kites" not in r["answer"]]
+    assert len(denials) == 3 and all("kites" not in r["answer"].lower() for r in denials)
