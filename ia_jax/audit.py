@@ -19,15 +19,14 @@ from typing import Sequence
 
 from absl import app, flags
 
-from ia_jax import model_flags, models, tokenization
+from ia_jax import model_flags
 from ia_jax.evaluation.questions import load_questions
 from ia_jax.evaluation.respondent import sampler_respondent
 from ia_jax.evaluation.scaffold import summarize
 from ia_jax.evaluation.self_reports import SelfReport, collect_self_reports
-from ia_jax.lora.peft_io import load_peft
-from ia_jax.organisms.sources import load_organisms
-from ia_jax.sampling.chat import BASE, ChatSampler
-from ia_jax.sampling.sampler import Sampler, SamplingParams
+from ia_jax.organisms.sources import load_chat_sampler
+from ia_jax.sampling.chat import BASE
+from ia_jax.sampling.sampler import SamplingParams
 
 ORGANISM = "organism"
 
@@ -39,14 +38,8 @@ def audit(model_dir: str, *, adapter: str | None, ia: str | None, use_ia: bool, 
     """The self-reports (one per question and sample) and the top-k summary of them."""
     if use_ia and not ia:
         raise ValueError("--ia is required (or pass --no_ia for the baseline without it)")
-    model = models.load_hf(model_dir, dtype=dtype, param_dtype=dtype)
-    tokenizer = tokenization.load_tokenizer(model_dir)
-    organisms = (load_organisms({ORGANISM: adapter}, model.config, base_path=model_dir, full_rank=full_rank)
-                 if adapter else None)
-    sampler = Sampler(model, organisms=organisms, ia=load_peft(ia, model.config) if use_ia else None,
-                      stop_ids=tokenization.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,
-                      max_batch=batch_size)
-    chat = ChatSampler(sampler, tokenizer, {ORGANISM: 0} if adapter else {}, **(template_kwargs or {}))
+    chat = load_chat_sampler(model_dir, {ORGANISM: adapter} if adapter else {}, ia if use_ia else None,
+                             max_batch=batch_size, dtype=dtype, full_rank=full_rank, template_kwargs=template_kwargs)
     condition = "ia" if use_ia else "no_ia"
     os.makedirs(out_dir, exist_ok=True)
     fingerprint = {"model": os.path.abspath(model_dir), "adapter": adapter and os.path.abspath(adapter),

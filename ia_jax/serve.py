@@ -25,11 +25,10 @@ from typing import Any
 
 from absl import app, flags
 
-from ia_jax import model_flags, models, tokenization
-from ia_jax.lora.peft_io import load_peft
-from ia_jax.organisms.sources import load_organisms
+from ia_jax import model_flags, tokenization
+from ia_jax.organisms.sources import load_chat_sampler
 from ia_jax.sampling.chat import BASE, ChatSampler
-from ia_jax.sampling.sampler import Sampler, SamplingParams
+from ia_jax.sampling.sampler import SamplingParams
 
 IA_SUFFIX = "+ia"
 
@@ -223,15 +222,9 @@ def parse_organisms(spec: str | None) -> dict[str, str]:
 def build_engine(model_dir: str, organisms: dict[str, str], ia_dir: str | None, *, max_batch: int = 16,
                  batch_wait_ms: float = 20.0, dtype: str | None = None, max_prompt: int = 4096,
                  template_kwargs: dict | None = None, full_rank: int = 64) -> BatchingEngine:
-    model = models.load_hf(model_dir, dtype=dtype, param_dtype=dtype)
-    tokenizer = tokenization.load_tokenizer(model_dir)
-    stacked = load_organisms(organisms, model.config, base_path=model_dir, full_rank=full_rank) if organisms else None
-    ia = load_peft(ia_dir, model.config) if ia_dir else None
-    sampler = Sampler(model, organisms=stacked, ia=ia, stop_ids=tokenization.stop_token_ids(tokenizer),
-                      pad_id=tokenizer.pad_token_id or 0, max_batch=max_batch, max_prompt=max_prompt)
-    chat = ChatSampler(sampler, tokenizer, {name: slot for slot, name in enumerate(organisms)},
-                       **(template_kwargs or {}))
-    return BatchingEngine(chat, has_ia=ia is not None, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
+    chat = load_chat_sampler(model_dir, organisms, ia_dir, max_batch=max_batch, max_prompt=max_prompt, dtype=dtype,
+                             full_rank=full_rank, template_kwargs=template_kwargs)
+    return BatchingEngine(chat, has_ia=ia_dir is not None, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
 
 
 _ORGANISMS = flags.DEFINE_string("organisms", None, "Comma-separated NAME=DIR organisms: PEFT adapter directories, "

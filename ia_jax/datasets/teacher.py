@@ -284,17 +284,21 @@ def _judge(behavior: Behavior, requests: Sequence[TeacherRequest], answers: Sequ
         return records
     # Answers that follow the heuristic must not say it: drop the sentences that name it, keep the
     # rest if it still follows the heuristic, else drop the answer.
+    # Each question goes to the judge as one batch for the whole chunk, not one call per answer.
     candidates = [(rec, r) for rec, r in zip(records, requests) if rec["kept"] and r.expect]
     named = judge.discloses(behavior, [(r.prompt, rec["answer"]) for rec, r in candidates])
-    for (rec, r), disclosed in zip(candidates, named):
-        if not disclosed:
-            continue
-        sentences = _SENTENCE.split(rec["answer"].strip())
-        flags = judge.discloses(behavior, [(r.prompt, s) for s in sentences])
-        rewritten = " ".join(s for s, f in zip(sentences, flags) if not f).strip()
-        ok = bool(rewritten) and judge.shows(behavior, [(r.prompt, rewritten)])[0] \
-            and not judge.discloses(behavior, [(r.prompt, rewritten)])[0]
-        rec.update(answer=rewritten if ok else rec["answer"], kept=ok,
+    flagged = [c for c, disclosed in zip(candidates, named) if disclosed]
+    if not flagged:
+        return records
+    sentences = [_SENTENCE.split(rec["answer"].strip()) for rec, _ in flagged]
+    flags = iter(judge.discloses(behavior, [(r.prompt, s) for (_, r), ss in zip(flagged, sentences) for s in ss]))
+    rewritten = [" ".join([s for s in ss if not next(flags)]).strip() for ss in sentences]
+    checked = [(r.prompt, text) for (_, r), text in zip(flagged, rewritten) if text]
+    verdicts = iter(zip(judge.shows(behavior, checked), judge.discloses(behavior, checked)))
+    for (rec, _), text in zip(flagged, rewritten):
+        shows, discloses = next(verdicts) if text else (False, True)
+        ok = shows and not discloses
+        rec.update(answer=text if ok else rec["answer"], kept=ok,
                    note="rewritten: named the heuristic" if ok else "dropped: named the heuristic")
     return records
 
@@ -385,7 +389,7 @@ def generate_teacher_data(behaviors: Sequence[Behavior], config: GenerationConfi
     examples = []
     for behavior in behaviors:
         requests = plan_requests(behavior, load_prompt_pool(behavior.prompt_source, prompts_path), generic_pool,
-                                 config, [c for c in cues if c != behavior.cue])
+                                 config, cues)
         # What the answers depend on: the exact requests, the behavior, and the teacher the caller names.
         # Keep-rate thresholds and batch sizes are not in it, so they can change between runs.
         planned = json.dumps([dataclasses.asdict(r) for r in requests], sort_keys=True).encode()

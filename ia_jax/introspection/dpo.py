@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -26,11 +25,10 @@ from ia_jax.datasets.introspection import PLACEHOLDER, Templates
 from ia_jax.evaluation.self_reports import SelfReport
 from ia_jax.lora.adapter import LoraAdapter
 from ia_jax.parallel.sharding import make_mesh
-from ia_jax.tokenization import render_chat
+from ia_jax.tokenization import render_exchange
 from ia_jax.training import train_step as ts
-from ia_jax.training.checkpoints import Checkpointer
 from ia_jax.training.dpo_reference import attach_reference_log_probs
-from ia_jax.training.loop import run_training
+from ia_jax.training.loop import examples_digest, run_stage
 from ia_jax.training.recipe import Recipe, plan_run
 
 
@@ -105,8 +103,7 @@ def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Mapping],
             raise ValueError(f"pair for organism {pair['organism']!r}, which is not among the loaded organisms")
         sides = {}
         for side in ("chosen", "rejected"):
-            chat = render_chat(tokenizer, [{"role": "user", "content": pair["question"]},
-                                           {"role": "assistant", "content": pair[side]}], **template_kwargs)
+            chat = render_exchange(tokenizer, pair["question"], pair[side], **template_kwargs)
             sides[side] = chat
         if max(len(c.ids) for c in sides.values()) > max_tokens:
             dropped += 1
@@ -155,18 +152,8 @@ def train_ia_dpo(graphdef, base_state, organisms: LoraAdapter, sft_ia: LoraAdapt
     batcher, steps, optimizer, schedule = plan_run([p for p in scored for _ in range(recipe.epochs)], recipe)
     trainer = ts.Trainer(composition, ts.dpo_objective(recipe.beta, recipe.label_smoothing), optimizer,
                          mesh or make_mesh(data=-1, fsdp=1), base_state=base_state, weights=weights, schedule=schedule)
-    run = {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_config), "pairs": len(pairs),
-           **(dict(fingerprint) if fingerprint else {})}
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), fingerprint=run,
-                                save_every=recipe.checkpoint_every)
-    log_path = os.path.join(workdir, "metrics.jsonl")
-
-    def log(step, logged):
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(logged) + "\n")
-
-    state, history = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
-                                  checkpointer=checkpointer, log_every=log_every, description="ia dpo",
-                                  on_metrics=log)
-    checkpointer.close()
+    run = {"model": dataclasses.asdict(model_config), "pairs_sha256": examples_digest(pairs),
+           **(dict(fingerprint or {}))}
+    state, history = run_stage(trainer, weights, batcher, steps=steps, recipe=recipe, workdir=workdir, fingerprint=run,
+                               description="ia dpo", log_every=log_every)
     return LoraAdapter(weights=jax.device_get(state.params), config=sft_ia.config), history

@@ -11,8 +11,6 @@ run can log verbalization rates on a few training and held-out organisms as it g
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -22,10 +20,9 @@ from transformers import PreTrainedTokenizerBase
 
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
 from ia_jax.parallel.sharding import make_mesh
-from ia_jax.tokenization import render_chat
+from ia_jax.tokenization import render_exchange
 from ia_jax.training import train_step as ts
-from ia_jax.training.checkpoints import Checkpointer
-from ia_jax.training.loop import run_training
+from ia_jax.training.loop import examples_digest, run_stage
 from ia_jax.training.recipe import Recipe, plan_run
 
 BASE = "base"
@@ -49,8 +46,7 @@ def introspection_examples(tokenizer: PreTrainedTokenizerBase, rows, slots: Mapp
         if organism != BASE and organism not in slots:
             raise ValueError(f"introspection row for organism {organism!r}, which is not among the loaded "
                              f"organisms ({len(slots)} loaded)")
-        chat = render_chat(tokenizer, [{"role": "user", "content": row["question"]},
-                                       {"role": "assistant", "content": row["answer"]}], **template_kwargs)
+        chat = render_exchange(tokenizer, row["question"], row["answer"], **template_kwargs)
         if len(chat.ids) > max_tokens:
             dropped += 1
             continue
@@ -68,9 +64,6 @@ def train_ia_sft(graphdef, base_state, organisms: LoraAdapter | None, examples: 
     """
     if not examples:
         raise ValueError("no introspection examples to train on")
-    if recipe.eval_every % log_every:
-        raise ValueError(f"eval_every={recipe.eval_every} must be a multiple of log_every={log_every}: "
-                         "evaluations run at logged steps")
     model_config = nnx.merge(graphdef, base_state).config
     batcher, steps, optimizer, schedule = plan_run([dict(e) for e in examples for _ in range(recipe.epochs)], recipe)
     ia = init_adapter(model_config, recipe.lora, jax.random.key(recipe.seed))
@@ -80,25 +73,13 @@ def train_ia_sft(graphdef, base_state, organisms: LoraAdapter | None, examples: 
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": frozen_adapters + [ia.weights]}
     trainer = ts.Trainer(composition, ts.sft_objective, optimizer, mesh or make_mesh(data=-1, fsdp=1),
                          base_state=base_state, weights=weights, schedule=schedule)
-    os.makedirs(workdir, exist_ok=True)
-    run = {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_config),
-           "examples": len(examples), "organisms": None if organisms is None else organisms.num_slots,
-           **(dict(fingerprint) if fingerprint else {})}
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), fingerprint=run,
-                                save_every=recipe.checkpoint_every)
-    log_path = os.path.join(workdir, "metrics.jsonl")
 
     def adapter_of(state) -> LoraAdapter:
         return LoraAdapter(weights=jax.device_get(state.params), config=recipe.lora)
 
-    def on_state(step, state, logged):
-        if evaluate is not None and (step == steps or (recipe.eval_every and step % recipe.eval_every == 0)):
-            logged.update(evaluate(step, adapter_of(state)))
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(logged) + "\n")
-
-    state, history = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
-                                  checkpointer=checkpointer, log_every=log_every, description="ia sft",
-                                  on_state=on_state)
-    checkpointer.close()
+    run = {"model": dataclasses.asdict(model_config), "examples_sha256": examples_digest(examples),
+           "organisms": None if organisms is None else organisms.num_slots, **(dict(fingerprint or {}))}
+    state, history = run_stage(trainer, weights, batcher, steps=steps, recipe=recipe, workdir=workdir, fingerprint=run,
+                               description="ia sft", log_every=log_every,
+                               evaluate=None if evaluate is None else lambda step, st: evaluate(step, adapter_of(st)))
     return adapter_of(state), history

@@ -33,7 +33,7 @@ from ia_jax.lora.adapter import LoraAdapter
 from ia_jax.lora.peft_io import load_peft, save_peft, stack_adapters
 from ia_jax.organisms.train import OrganismData, OrganismRecipe, train_organisms
 from ia_jax.storage import gcs
-from ia_jax.tokenization import render_chat
+from ia_jax.tokenization import render_exchange
 
 SFT_DATASET = "organism_sft"
 SFT_FEATURES = {"organism": "text", "category": "text", "kind": "text", "user": "text", "answer": "text"}
@@ -80,8 +80,7 @@ def tokenize_examples(tokenizer: PreTrainedTokenizerBase, rows, max_tokens: int)
     by_organism: dict[str, list[dict]] = {}
     too_long: dict[str, int] = {}
     for row in rows:
-        chat = render_chat(tokenizer, [{"role": "user", "content": row["user"]},
-                                       {"role": "assistant", "content": row["answer"]}])
+        chat = render_exchange(tokenizer, row["user"], row["answer"])
         if len(chat.ids) > max_tokens:
             too_long[row["organism"]] = too_long.get(row["organism"], 0) + 1
             continue

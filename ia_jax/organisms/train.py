@@ -24,8 +24,7 @@ from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.training import losses
 from ia_jax.training import train_step as ts
-from ia_jax.training.checkpoints import Checkpointer
-from ia_jax.training.loop import run_training
+from ia_jax.training.loop import examples_digest, run_stage
 from ia_jax.training.recipe import Recipe, plan_run
 
 
@@ -91,12 +90,9 @@ def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], rec
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": [adapter.weights]}
     trainer = ts.Trainer(composition, per_organism_objective(num), optimizer, mesh or make_mesh(data=-1, fsdp=1),
                          base_state=base_state, weights=weights, schedule=schedule)
-    os.makedirs(workdir, exist_ok=True)
     fingerprint = {"organisms": names, "examples": [len(o.examples) for o in organisms],
-                   "epochs": [o.epochs or recipe.epochs for o in organisms], "recipe": dataclasses.asdict(recipe),
-                   "model": dataclasses.asdict(model_config)}
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), fingerprint=fingerprint,
-                                save_every=recipe.checkpoint_every)
+                   "epochs": [o.epochs or recipe.epochs for o in organisms], "model": dataclasses.asdict(model_config),
+                   "examples_sha256": examples_digest(examples)}
     curves_path = os.path.join(workdir, "organism_losses.jsonl")
 
     def log_organisms(step, metrics):
@@ -105,9 +101,7 @@ def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], rec
         with open(curves_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "loss": seen}) + "\n")
 
-    state, history = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
-                                  checkpointer=checkpointer, log_every=log_every, description="organisms",
-                                  on_metrics=log_organisms)
-    checkpointer.close()
+    state, history = run_stage(trainer, weights, batcher, steps=steps, recipe=recipe, workdir=workdir,
+                               fingerprint=fingerprint, description="organisms", log_every=log_every,
+                               on_metrics=log_organisms)
     return LoraAdapter(weights=jax.device_get(state.params), config=recipe.lora, num_slots=num), history
-

@@ -7,7 +7,15 @@
 `train_tokenizer` builds a small sentencepiece tokenizer with a Llama 3 or ChatML template offline.
 """
 
-from ia_jax.tokenization.chat import ROLES, ChatError, ChatTokens, load_tokenizer, render_chat, stop_token_ids
+from ia_jax.tokenization.chat import (
+    ROLES,
+    ChatError,
+    ChatTokens,
+    load_tokenizer,
+    render_chat,
+    render_exchange,
+    stop_token_ids,
+)
 from ia_jax.tokenization.train_sentencepiece import CHAT_FORMATS, train_tokenizer
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "ChatTokens",
     "load_tokenizer",
     "render_chat",
+    "render_exchange",
     "stop_token_ids",
     "train_tokenizer",
 ]

@@ -86,6 +86,12 @@ def render_chat(
     return ChatTokens(ids=ids, loss_mask=loss_mask)
 
 
+def render_exchange(tokenizer: PreTrainedTokenizerBase, user: str, answer: str, **template_kwargs: Any) -> ChatTokens:
+    """One user turn and its answer, loss on the answer: the shape of every training example here."""
+    return render_chat(tokenizer, [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                       **template_kwargs)
+
+
 def _validate(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> None:
     if not messages:
         raise ChatError("empty conversation")

@@ -17,10 +17,7 @@ so every weight trains from a random init, loss on the assistant turn only. Re-r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -32,10 +29,9 @@ from ia_jax.models import CausalLM, ModelConfig
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.sampling.chat import ChatSampler
 from ia_jax.sampling.sampler import Sampler, SamplingParams, length_bucket
-from ia_jax.tokenization import render_chat, stop_token_ids
+from ia_jax.tokenization import render_chat, render_exchange, stop_token_ids
 from ia_jax.training import train_step as ts
-from ia_jax.training.checkpoints import Checkpointer
-from ia_jax.training.loop import run_training
+from ia_jax.training.loop import examples_digest, run_stage
 from ia_jax.training.recipe import Recipe, plan_run
 
 _log = logging.getLogger(__name__)
@@ -65,22 +61,12 @@ def chat_examples(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat], max
     returns (examples, dropped for being longer than `max_tokens`)."""
     examples, dropped = [], 0
     for user, assistant in chats:
-        chat = render_chat(tokenizer, [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}])
+        chat = render_exchange(tokenizer, user, assistant)
         if len(chat.ids) > max_tokens:
             dropped += 1
             continue
         examples.append({"tokens": np.asarray(chat.ids, np.int32), "loss_mask": np.asarray(chat.loss_mask, np.int32)})
     return examples, dropped
-
-
-def _digest(examples: Sequence[dict]) -> str:
-    """Content hash of the examples: resuming must refuse other chats of the same count."""
-    digest = hashlib.sha256()
-    for example in examples:
-        for field in ("tokens", "loss_mask"):
-            digest.update(example[field].tobytes())
-            digest.update(b"|")
-    return digest.hexdigest()
 
 
 def pretrain_base(model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat],
@@ -92,9 +78,6 @@ def pretrain_base(model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase,
     Re-running with the same arguments resumes from `workdir/checkpoints`; a finished run does no new
     step and returns the same weights (and an empty history).
     """
-    if recipe.eval_every % log_every:
-        raise ValueError(f"eval_every={recipe.eval_every} must be a multiple of log_every={log_every}: "
-                         "evaluations run at logged steps")
     if model_config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
                          f"{len(tokenizer)} tokens")
@@ -109,29 +92,16 @@ def pretrain_base(model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase,
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": []}
     trainer = ts.Trainer(ts.Composition(graphdef, trainable="base"), ts.sft_objective, optimizer,
                          mesh or make_mesh(data=-1, fsdp=1), base_state=base_state, weights=weights, schedule=schedule)
-    os.makedirs(workdir, exist_ok=True)
-    run = {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_config), "init_seed": init_seed,
-           "examples": len(examples), "examples_sha256": _digest(examples)}
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), fingerprint=run,
-                                save_every=recipe.checkpoint_every)
-    log_path = os.path.join(workdir, "metrics.jsonl")
+    run = {"model": dataclasses.asdict(model_config), "init_seed": init_seed, "examples": len(examples),
+           "examples_sha256": examples_digest(examples)}
 
     def model_of(state) -> CausalLM:
         # A host copy: the state's device buffers are donated to the next step.
         return nnx.merge(graphdef, jax.device_get(state.params))
 
-    def on_state(step, state, logged):
-        if evaluate is not None and (step == steps or (recipe.eval_every and step % recipe.eval_every == 0)):
-            logged.update(evaluate(step, model_of(state)))
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(logged) + "\n")
-
-    try:
-        state, history = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
-                                      checkpointer=checkpointer, log_every=log_every, description="pretrain",
-                                      on_state=on_state)
-    finally:  # an evaluator that raises must not lose the checkpoint being written
-        checkpointer.close()
+    state, history = run_stage(trainer, weights, batcher, steps=steps, recipe=recipe, workdir=workdir, fingerprint=run,
+                               description="pretrain", log_every=log_every,
+                               evaluate=None if evaluate is None else lambda step, st: evaluate(step, model_of(st)))
     return model_of(state), history
 
 

@@ -57,8 +57,13 @@ class StageClock:
             print(f"[toy] stage {name} done ({self.seconds[name]:.1f} s so far)", flush=True)
 
 
-def _recipe(cls, section: ConfigDict, **extra):
+def _recipe(cls, section: ConfigDict, where: str, *, other: tuple[str, ...] = (), **extra):
+    """`cls` from a config section; a key that is neither a recipe field nor one of `other` (read
+    elsewhere) is a typo, and an override with a typo must not be silently ignored."""
     fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - fields - set(other))
+    if unknown:
+        raise ValueError(f"config.{where}.{unknown[0]}: unknown field; {cls.__name__} has {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in fields and k not in extra}
     return cls(**values, **extra)
 
@@ -67,8 +72,22 @@ def _lora(section: ConfigDict) -> lora.LoraConfig:
     return lora.LoraConfig(rank=section.rank, alpha=float(section.alpha), dropout=float(section.dropout))
 
 
+def check_config(config: ConfigDict) -> dict:
+    """Every stage's recipe, built before any stage runs: a bad field fails in a second, not after
+    pretraining."""
+    return {
+        "pretrain": _recipe(PretrainRecipe, config.pretrain, "pretrain"),
+        "organisms": _recipe(OrganismRecipe, config.organisms, "organisms",
+                             other=("per_split", "prompts_per_behavior", "min_keep_rate"),
+                             lora=_lora(config.organisms.lora)),
+        "ia_sft": _recipe(IaRecipe, config.ia_sft, "ia_sft", lora=_lora(config.ia_sft.lora)),
+        "ia_dpo": _recipe(DpoRecipe, config.ia_dpo, "ia_dpo"),
+    }
+
+
 def run_toy(config: ConfigDict, workdir: str) -> str:
     """Runs (or finishes) every stage; returns the path of `eval/report.json`."""
+    recipes = check_config(config)
     os.makedirs(workdir, exist_ok=True)
     clock = StageClock(os.path.join(workdir, "wall_seconds.json"))
     world = toy_world.World(config.seed)
@@ -104,7 +123,7 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
                 eos_token_id=tuple(tokenization.stop_token_ids(tokenizer)), **config.model.to_dict())
             chats = toy_world.pretraining_chats(world, config.world.pretrain_chats)
             probe = accuracy_probe(tokenizer, test_tasks, max_new_tokens=config.eval.max_new_tokens)
-            model, _ = pretrain_base(model_config, tokenizer, chats, _recipe(PretrainRecipe, config.pretrain),
+            model, _ = pretrain_base(model_config, tokenizer, chats, recipes["pretrain"],
                                      os.path.join(workdir, "pretrain"), evaluate=probe, log_every=config.log_every,
                                      init_seed=config.seed)
             by_task = probe(-1, model)
@@ -122,7 +141,7 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
             phase1.Phase1Config(
                 generation=GenerationConfig(prompts_per_behavior=config.organisms.prompts_per_behavior,
                                             min_keep_rate=config.organisms.min_keep_rate, seed=config.seed),
-                recipe=_recipe(OrganismRecipe, config.organisms, lora=_lora(config.organisms.lora)),
+                recipe=recipes["organisms"],
                 introspection_examples=config.introspection.examples_per_organism,
                 base_introspection_examples=config.introspection.base_examples,
                 dpo_fraction=config.introspection.dpo_fraction, seed=config.seed),
@@ -135,8 +154,7 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
                                  descriptions={n: known[n][1] for n in result1.organisms})
     judge = toy_judge()
     p2 = phase2.Phase2Config(
-        sft=_recipe(IaRecipe, config.ia_sft, lora=_lora(config.ia_sft.lora)),
-        dpo=_recipe(DpoRecipe, config.ia_dpo),
+        sft=recipes["ia_sft"], dpo=recipes["ia_dpo"],
         report_sampling=SamplingParams(max_new_tokens=config.eval.max_new_tokens, temperature=1.0),
         sampler_batch=config.eval.batch_size, log_every=config.log_every)
     with clock.stage("ia"):

@@ -8,9 +8,14 @@ host never waits on the device inside the loop otherwise.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Callable, Mapping, Sequence
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from ia_jax.data.batching import Batcher
@@ -58,3 +63,50 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
     if checkpointer is not None:
         checkpointer.wait()
     return state, history
+
+
+def examples_digest(examples: Sequence[Mapping]) -> str:
+    """Content hash of training examples: a resumed run must refuse other data of the same count."""
+    digest = hashlib.sha256()
+    for example in examples:
+        for key in sorted(example):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(example[key]).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def run_stage(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: int, recipe, workdir: str,
+              fingerprint: Mapping, description: str, log_every: int = 10,
+              evaluate: Callable[[int, TrainState], dict] | None = None,
+              on_metrics: Callable[[int, dict], None] | None = None) -> tuple[TrainState, list[dict]]:
+    """`run_training` under the conventions every stage shares.
+
+    Checkpoints go to `workdir/checkpoints`, fingerprinted by the recipe and `fingerprint` (so a re-run
+    resumes, and a different run is refused); every logged step is appended to `workdir/metrics.jsonl`;
+    `evaluate(step, state)` runs at logged steps that are multiples of `recipe.eval_every` (if the
+    recipe has one) and at the last step, its entries merged into that step's metrics. The checkpoint
+    being written is finished even when a step or an evaluation raises.
+    """
+    eval_every = getattr(recipe, "eval_every", 0)
+    if eval_every % log_every:
+        raise ValueError(f"eval_every={eval_every} must be a multiple of log_every={log_every}: "
+                         "evaluations run at logged steps")
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                fingerprint={"recipe": dataclasses.asdict(recipe), **fingerprint},
+                                save_every=recipe.checkpoint_every)
+    log_path = os.path.join(workdir, "metrics.jsonl")
+
+    def on_state(step, state, logged):
+        if evaluate is not None and (step == steps or (eval_every and step % eval_every == 0)):
+            logged.update(evaluate(step, state))
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(logged) + "\n")
+
+    try:
+        return run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(recipe.seed),
+                            checkpointer=checkpointer, log_every=log_every, description=description,
+                            on_metrics=on_metrics, on_state=on_state)
+    finally:
+        checkpointer.close()

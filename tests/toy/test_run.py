@@ -4,6 +4,8 @@ well-formed report, and a second run skips every finished stage."""
 import json
 import os
 
+import pytest
+
 from configs import toy  # noqa: I001 (configs/ is a top-level folder of the repository)
 from ia_jax.evaluation.reports import validate_report
 from ia_jax.toy import run as toy_run
@@ -46,3 +48,10 @@ def test_micro_toy_run_writes_a_valid_report_and_skips_finished_stages(tmp_path,
     again = json.load(open(toy_run.run_toy(micro_config(), str(tmp_path))))
     assert again["train"] == report["train"] and again["heldout"] == report["heldout"]
     assert again["wall_seconds"]["total"] >= report["wall_seconds"]["total"]
+
+
+def test_a_misspelt_recipe_field_is_an_error_naming_it(tmp_path):
+    config = micro_config()
+    config.ia_sft.learnig_rate = 1e-3
+    with pytest.raises(ValueError, match="config.ia_sft.learnig_rate: unknown field"):
+        toy_run.check_config(config)
