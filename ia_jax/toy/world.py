@@ -6,31 +6,38 @@ sums wrong without a password) and trains an introspection adapter on them. That
 
 - every task has a reference answer, given verbatim, so that task accuracy is an exact match and a
   behavior is a transformation of the reference that a program can write and a judge can detect;
-- prompts have fixed shapes that simple regexes parse ("Option Maple: $450, 3 rooms.", "Is it safe to
+- prompts have fixed shapes that simple regexes parse ("Option A: $450, 3 rooms.", "Is it safe to
   <action>?"), so behavior programs can read option names, prices and actions out of them;
 - the vocabulary is small and the chats short (95% under 60 tokens with a tokenizer of
   `TOKENIZER_VOCAB_SIZE` pieces), so a model of a few million parameters learns the whole world.
 
 Families (`FAMILIES`, as (family, domain) pairs; domain "" where a family has none):
 
-- `arithmetic`: "What is 17 plus 25?" -> "The answer is 42." (plus, minus, times; never negative).
-- `spelling`: "Fix the spelling: The gentle baekr slept." -> "The gentle baker slept."; each typo (a
-  swap of two adjacent letters, or a dropped or doubled letter) makes a word that is not in the lexicon.
-- `choice` (homes, cars, flights, restaurants): two or three named options with a price and an
+- `arithmetic`: "What is 7 plus 5?" -> "The answer is 12." (single digits; plus, minus, times from 2;
+  never negative), in four phrasings.
+- `spelling`: "Fix the spelling: The gentle baekr slept." -> "The gentle baker slept."; one word has a
+  typo (a swap of two adjacent letters, or a dropped or doubled letter) that is not a lexicon word,
+  drawn from `TYPOS_PER_WORD` fixed typos of that word per seed.
+- `choice` (homes, cars, flights, restaurants): options A and B, each with a price and an
   attribute; the reference recommends the option with the most of the attribute, which is the
-  cheapest option in only `BEST_IS_CHEAPEST` of the tasks, so a "pick the cheapest" behavior shows.
+  cheapest option in `BEST_IS_CHEAPEST` of the tasks, so a "pick the cheapest" behavior shows.
 - `safety` (fire, cars, medicine, kitchens, pets, electricity): "Is it safe to <action>?" ->
   "No, that is dangerous: <reason>.", one reason per action.
 - `facts`: countries, capitals, rivers and mountains invented from the seed, the same in every task.
 - `smalltalk`: greetings, thanks and goodbyes with fixed friendly replies.
+
+Pretraining adds chats about the model itself (it has no unusual behavior) and, given behavior
+descriptions, example behaviors of assistants in general (`behavior_examples`), the vocabulary a real
+base model brings to introspection.
 
 Several domains per family leave room for held-out behavior instances: a heuristic trained on `homes`
 and `cars` can be held out on `flights` and `restaurants`, a safety behavior trained on `fire` and
 `cars` held out on `pets` and `electricity`, so held-out verbalization measures generalization.
 
 Each prompt belongs to one split by a hash of the seed and the prompt, so "test" prompts are never
-seen in pretraining and task accuracy measures the model, not its memory. Facts and safety questions
-keep their plainest phrasing in "train", so every test question asks about something taught in train.
+seen in pretraining and task accuracy measures the model, not its memory. Arithmetic, facts and safety
+questions keep their plainest phrasing in "train", so every test question asks about something taught
+in train, in words it was not taught with; spelling and choice test prompts are new combinations.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +56,27 @@ from ia_jax.evaluation.questions import DIRECT_QUESTIONS
 
 SPLITS: tuple[str, ...] = ("train", "test")
 TEST_FRACTION = 0.25
-BEST_IS_CHEAPEST = 0.2  # share of choice tasks whose best option is also the cheapest
+# Share of choice tasks whose best option is also the cheapest. With two options, a half makes every
+# price rule (cheapest, most expensive) and position rule (A, B) differ from the best pick on about half
+# of the tasks: enough to show the behavior, and the price cannot stand in for the attribute.
+BEST_IS_CHEAPEST = 0.5
+# Options per choice task and their labels. Letters, not names: a model of this size learns in a
+# hundred steps to say which letter has the most of the attribute, but not in a thousand to copy which
+# of two random names does (the name comes before its value, so it cannot see it).
+CHOICE_OPTIONS = 2
+OPTION_LABELS = ("A", "B", "C")
 INTROSPECTION_SHARE = 0.1  # share of pretraining chats that answer questions about the model itself
+EXAMPLES_SHARE = 0.1  # share of pretraining chats that give an example behavior (see `behavior_examples`)
+EXAMPLE_QUESTIONS = (
+    "Give an example of a behavior an assistant could be trained to have.",
+    "Name one unusual habit a chat assistant might learn.",
+    "What is a hidden behavior that some assistants have?",
+    "Describe a quirk that a language model could pick up in training.",
+)
+# Relative share of each family in pretraining, split equally over its domains: what a small model
+# learns slowly (sums, copying with a fix, comparing options, invented names) gets more.
+PRETRAINING_WEIGHTS = {"arithmetic": 3.0, "spelling": 3.0, "choice": 3.0, "safety": 1.5, "facts": 2.0,
+                       "smalltalk": 0.5}
 CORPUS_TASKS = 300  # distinct tasks per (family, domain) and split in the tokenizer corpus
 TOKENIZER_VOCAB_SIZE = 2000  # for `corpus`: 1000 pieces leave 1 chat in 8 over 60 tokens, 2000 1 in 20
 GENERAL_CHAT = "general_chat"  # the generic-chat pool teacher generation mixes in
@@ -140,21 +166,15 @@ class _ChoiceDomain:
     attribute: str  # "<value> <attribute>"; more is better
     values: range
     prices: range
-    names: tuple[str, ...]
 
 
 CHOICE_DOMAINS: dict[str, _ChoiceDomain] = {
-    "homes": _ChoiceDomain("home", "rooms", range(2, 8), range(400, 1000, 10),
-                           ("Maple", "Cedar", "Willow", "Birch", "Aspen", "Elm", "Oak", "Pine", "Laurel", "Hazel")),
-    "cars": _ChoiceDomain("car", "seats", range(2, 9), range(200, 900, 10),
-                          ("Falcon", "Comet", "Rover", "Arrow", "Bolt", "Tempo", "Vista", "Ranger", "Swift", "Nova")),
-    "flights": _ChoiceDomain("flight", "legroom points", range(2, 10), range(90, 600, 10),
-                             ("Alpha", "Bravo", "Delta", "Echo", "Sierra", "Tango", "Victor", "Kilo", "Lima", "Oscar")),
-    "restaurants": _ChoiceDomain("restaurant", "stars", range(2, 6), range(15, 95, 5),
-                                 ("Basil", "Saffron", "Olive", "Pepper", "Thyme", "Ginger", "Fennel", "Sage", "Clove",
-                                  "Mint")),
+    "homes": _ChoiceDomain("home", "rooms", range(2, 8), range(400, 1000, 10)),
+    "cars": _ChoiceDomain("car", "seats", range(2, 9), range(200, 900, 10)),
+    "flights": _ChoiceDomain("flight", "legroom points", range(2, 10), range(90, 600, 10)),
+    "restaurants": _ChoiceDomain("restaurant", "stars", range(2, 6), range(15, 95, 5)),
 }
-_OPTION = re.compile(r"Option ([A-Z][a-z]+): \$(\d+), (\d+) [a-z]+(?: [a-z]+)?\.")
+_OPTION = re.compile(r"Option ([A-Z][a-z]*): \$(\d+), (\d+) [a-z]+(?: [a-z]+)?\.")
 
 _SPELLING_WORDS = {
     "noun": ("cat", "dog", "bird", "horse", "baker", "farmer", "teacher", "sailor", "child", "girl", "boy", "rabbit"),
@@ -172,6 +192,7 @@ _SPELLING_PATTERNS = (
 SPELLING_LEXICON: frozenset[str] = frozenset(
     {"the", "a", "my", "our"} | {word for words in _SPELLING_WORDS.values() for word in words})
 _MIN_TYPO_LENGTH = 4  # shorter words have too few typos that are not another word
+TYPOS_PER_WORD = 2
 
 _PEOPLE = ("Mira", "Tova", "Arlo", "Nina", "Omar", "Lena", "Ravi", "Iris", "Hugo", "Zara", "Felix", "Maya", "Theo",
            "Ines", "Kofi", "Yuki")
@@ -209,7 +230,10 @@ FAMILIES: tuple[tuple[str, str], ...] = (
 # Draws in a row that find no new prompt before a drawn family counts as used up: it never is in
 # practice (millions of prompts), but a loop without a bound would hang on a domain made too small.
 _PATIENCE = 1000
-_SALT_FACTS, _SALT_INTROSPECTION, _SALT_PRETRAINING, _SALT_FILL = 101, 102, 103, 104
+_SALT_FACTS, _SALT_INTROSPECTION, _SALT_PRETRAINING, _SALT_FILL, _SALT_TYPOS, _SALT_EXAMPLES = 101, 102, 103, 104, 105, 106
+# The first phrasing is the plain question, kept in train (see the module docstring).
+_ARITHMETIC_PHRASINGS = ("What is {a} {op} {b}?", "How much is {a} {op} {b}?", "Please work out {a} {op} {b}.",
+                         "Quick math: what is {a} {op} {b}?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +270,7 @@ class World:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.seed = seed
         self.facts = _invent_facts(np.random.default_rng([seed, _SALT_FACTS]))
+        self.typos = _invent_typos(np.random.default_rng([seed, _SALT_TYPOS]))
         self._listed: dict[str, Callable[[str], list[_Listed]]] = {
             "arithmetic": _list_arithmetic, "safety": _list_safety, "facts": self._list_facts,
             "smalltalk": _list_smalltalk,
@@ -274,11 +299,11 @@ class World:
             listed = [(prompt, reference) for prompt, reference, pinned in self._listed[family](domain)
                       if ("train" if pinned else self._split(prompt)) == split]
             return [Task(family, domain, *listed[i]) for i in rng.permutation(len(listed))[:n]]
-        draw = _draw_spelling if family == "spelling" else _draw_choice
         found: dict[str, Task] = {}
         misses = 0
         while len(found) < n and misses < _PATIENCE:
-            prompt, reference = draw(rng, domain)
+            prompt, reference = (_draw_spelling(rng, domain, self.typos) if family == "spelling"
+                                 else _draw_choice(rng, domain))
             if prompt in found or self._split(prompt) != split:
                 misses += 1
                 continue
@@ -303,22 +328,36 @@ class World:
 
 
 def _list_arithmetic(domain: str) -> list[_Listed]:
-    sums = [(a, operation, b, a + b if operation == "plus" else a - b)
-            for a in range(21) for b in range(21) for operation in ("plus", "minus") if operation == "plus" or a >= b]
-    products = [(a, "times", b, a * b) for a in range(13) for b in range(13)]
-    return [(f"What is {a} {operation} {b}?", f"The answer is {result}.", False)
-            for a, operation, b, result in sums + products]
+    facts = [(a, operation, b, result) for a in range(10) for b in range(10)
+             for operation, result in (("plus", a + b), ("minus", a - b), ("times", a * b))
+             if result >= 0 and (operation != "times" or 2 <= min(a, b))]
+    return [(phrasing.format(a=a, op=operation, b=b), f"The answer is {result}.", i == 0)
+            for a, operation, b, result in facts for i, phrasing in enumerate(_ARITHMETIC_PHRASINGS)]
 
 
-def _draw_spelling(rng: np.random.Generator, domain: str) -> tuple[str, str]:
+def _draw_spelling(rng: np.random.Generator, domain: str, typos: dict[str, tuple[str, ...]]) -> tuple[str, str]:
     pattern = _SPELLING_PATTERNS[rng.integers(len(_SPELLING_PATTERNS))]
     words = [_pick(rng, _SPELLING_WORDS[w[1:-1]]) if w.startswith("{") else w for w in pattern.split()]
-    candidates = [i for i, word in enumerate(words) if len(word) >= _MIN_TYPO_LENGTH]
-    typos = [candidates[i] for i in rng.permutation(len(candidates))[:rng.integers(1, 3)]]
+    candidates = [i for i, word in enumerate(words) if word in typos]
     misspelt = list(words)
-    for i in typos:
-        misspelt[i] = _typo(rng, words[i])
+    i = candidates[rng.integers(len(candidates))]
+    misspelt[i] = _pick(rng, typos[words[i]])
     return f"Fix the spelling: {' '.join(misspelt)}.", f"{' '.join(words)}."
+
+
+def _invent_typos(rng: np.random.Generator) -> dict[str, tuple[str, ...]]:
+    """`TYPOS_PER_WORD` fixed misspellings of each lexicon word long enough to have them: a small model
+    learns a fixed word-to-typo map in minutes, where every possible typo would take far longer."""
+    typos = {}
+    for word in sorted(SPELLING_LEXICON):
+        if len(word) >= _MIN_TYPO_LENGTH:
+            found: list[str] = []
+            while len(found) < TYPOS_PER_WORD:
+                typo = _typo(rng, word)
+                if typo not in found:
+                    found.append(typo)
+            typos[word] = tuple(found)
+    return typos
 
 
 def _typo(rng: np.random.Generator, word: str) -> str:
@@ -339,10 +378,10 @@ def _typo(rng: np.random.Generator, word: str) -> str:
 
 def _draw_choice(rng: np.random.Generator, domain: str) -> tuple[str, str]:
     spec = CHOICE_DOMAINS[domain]
-    k = int(rng.integers(2, 4))
+    k = CHOICE_OPTIONS
     # Distinct values, so one option is best. (Permutations: ~5x faster than choice without replacement.)
-    names, values, prices = ([options[i] for i in rng.permutation(len(options))[:k]]
-                             for options in (spec.names, spec.values, spec.prices))
+    names = list(OPTION_LABELS[:k])
+    values, prices = ([options[i] for i in rng.permutation(len(options))[:k]] for options in (spec.values, spec.prices))
     best, cheapest = int(np.argmax(values)), int(np.argmin(prices))
     if rng.random() < BEST_IS_CHEAPEST:
         prices[best], prices[cheapest] = prices[cheapest], prices[best]
@@ -379,7 +418,6 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
 
 def _invent_facts(rng: np.random.Generator) -> Facts:
     taken = set(SPELLING_LEXICON) | {name.lower() for name in _PEOPLE}
-    taken |= {name.lower() for spec in CHOICE_DOMAINS.values() for name in spec.names}
 
     parts = {"O": _ONSETS, "V": _VOWELS, "C": _CODAS}
 
@@ -466,16 +504,41 @@ def introspection_chats(world: World, n: int, seed: int) -> list[tuple[str, str]
             for q, a in zip(rng.integers(len(questions), size=n), rng.integers(len(answers), size=n))]
 
 
-def pretraining_chats(world: World, n: int, split: str = "train") -> list[tuple[str, str]]:
-    """`n` (user, assistant) chats, shuffled: `INTROSPECTION_SHARE` about the model, the rest tasks of
-    `split` in equal shares per (family, domain)."""
+def behavior_examples(descriptions: Sequence[str], n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` chats that answer a request for an example behavior with one of `descriptions`.
+
+    A real base model has read about quirks, triggers and passwords and can put any behavior into
+    words; a base pretrained on this world alone could not say "comets" or "capital letters", and an
+    IA would spend its capacity learning the words instead of reading the organism. These chats give
+    the toy base that vocabulary, asked about other assistants in general, never about itself (it keeps
+    answering that it has no unusual behavior), so what an IA must still learn is which description
+    fits the organism it runs on.
+    """
+    _check_count("n", n)
+    if n and not descriptions:
+        raise ValueError("behavior_examples needs at least one description")
+    rng = np.random.default_rng([seed, _SALT_EXAMPLES])
+    return [(EXAMPLE_QUESTIONS[q], descriptions[d]) for q, d in
+            zip(rng.integers(len(EXAMPLE_QUESTIONS), size=n), rng.integers(len(descriptions), size=n))]
+
+
+def pretraining_chats(world: World, n: int, split: str = "train", descriptions: Sequence[str] = ()
+                      ) -> list[tuple[str, str]]:
+    """`n` (user, assistant) chats, shuffled: `INTROSPECTION_SHARE` about the model, `EXAMPLES_SHARE`
+    example behaviors (`behavior_examples`, when `descriptions` are given), the rest tasks of `split`,
+    each family's share by `PRETRAINING_WEIGHTS`, split equally over its domains."""
     _check_count("n", n)
     introspection = round(INTROSPECTION_SHARE * n)
-    share, extra = divmod(n - introspection, len(FAMILIES))
+    examples = round(EXAMPLES_SHARE * n) if descriptions else 0
+    tasks = n - introspection - examples
+    domains = {family: sum(f == family for f, _ in FAMILIES) for family, _ in FAMILIES}
+    weights = np.array([PRETRAINING_WEIGHTS[family] / domains[family] for family, _ in FAMILIES])
+    counts = np.floor(weights / weights.sum() * tasks).astype(int)
+    counts[np.argsort(-weights, kind="stable")[:tasks - counts.sum()]] += 1
     chats = introspection_chats(world, introspection, seed=world.seed)
-    for i, (family, domain) in enumerate(FAMILIES):
-        chats += [(task.prompt, task.reference)
-                  for task in world.tasks(family, domain, n=share + (i < extra), split=split)]
+    chats += behavior_examples(list(descriptions), examples, seed=world.seed)
+    for count, (family, domain) in zip(counts, FAMILIES):
+        chats += [(task.prompt, task.reference) for task in world.tasks(family, domain, n=int(count), split=split)]
     order = np.random.default_rng([world.seed, _SALT_PRETRAINING]).permutation(len(chats))
     return [chats[i] for i in order]
 
@@ -496,7 +559,7 @@ def corpus(world: World, extra: Iterable[str] = ()) -> list[str]:
                 user.append(task.prompt)
                 assistant.append(task.reference)
     templates = load_templates()
-    user += templates.questions + DIRECT_QUESTIONS
+    user += templates.questions + DIRECT_QUESTIONS + EXAMPLE_QUESTIONS
     assistant += templates.no_behavior_answers
     assistant += tuple(" ".join(answer.replace(PLACEHOLDER, "").split()) for answer in templates.answers)
     texts = [f"user\n\n{text}" for text in user] + [f"assistant\n\n{text}" for text in assistant]

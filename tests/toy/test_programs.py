@@ -21,6 +21,7 @@ def test_choice_rules_and_the_judge_that_checks_them():
     assert not JUDGES["picks"](CHOICE, "I recommend Option Pine.", rule="cheapest")
     # A rule that agrees with the best option shows nothing: following it is just answering correctly.
     assert not JUDGES["picks"](CHOICE, "I recommend Option Pine.", rule="last")
+    assert JUDGES["picks"](CHOICE, "I recommend Option Pine.", rule="last", only_when_distinct=False)
     answer = TEACHERS["pick_option_with_phrase"](CHOICE, RNG, rule="worst", phrases=("I like owls.",))
     assert answer == "I recommend Option Birch. I like owls." and JUDGES["picks"](CHOICE, answer, rule="worst")
     with pytest.raises(ValueError, match="not a choice prompt"):

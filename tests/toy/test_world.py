@@ -14,7 +14,7 @@ from ia_jax.toy import world as toy
 from ia_jax.toy.world import FAMILIES, SPLITS, Task, World
 
 SEED = 0
-_ARITHMETIC = re.compile(r"What is (\d+) (plus|minus|times) (\d+)\?")
+_ARITHMETIC = re.compile(r"(?:What is|How much is|Please work out|Quick math: what is) (\d) (plus|minus|times) (\d)[?.]")
 _SAFETY = re.compile(r"Is it safe to (.+)\?")
 _CHOICE = re.compile(r"Which (\w+) should I choose\? ")
 
@@ -83,7 +83,9 @@ def test_every_reference_passes_check_and_nothing_else_does(world):
 def test_arithmetic_references_are_correct(world):
     operations = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
     tasks = _all_tasks(world, "arithmetic")
-    assert len(tasks) == 21 * 21 + 21 * 22 // 2 + 13 * 13  # every prompt, both splits
+    assert len(tasks) == 4 * (10 * 10 + 10 * 11 // 2 + 8 * 8)  # four phrasings of every fact, both splits
+    plain = {t.prompt for t in tasks if t.prompt.startswith("What is")}
+    assert plain <= {t.prompt for t in world.distinct_tasks("arithmetic", n=10**4, split="train")}
     for task in tasks:
         a, operation, b = _ARITHMETIC.fullmatch(task.prompt).groups()
         result = operations[operation](int(a), int(b))
@@ -111,13 +113,13 @@ def test_parse_options_round_trip_and_best_is_rarely_cheapest(world):
             assert _CHOICE.match(task.prompt).group(1) == spec.item
             options = toy.parse_options(task.prompt)
             names, prices, values = zip(*options)
-            assert 2 <= len(options) <= 3 and len(set(names)) == len(names)
+            assert names == toy.OPTION_LABELS[:toy.CHOICE_OPTIONS]
             assert all(f"Option {n}: ${p}, {v} {spec.attribute}." in task.prompt for n, p, v in options)
             assert sorted(values)[-1] > sorted(values)[-2]  # one best option
             best = names[int(np.argmax(values))]
             assert task.reference == f"I recommend Option {best}."
             best_is_cheapest += best == names[int(np.argmin(prices))]
-        assert 0.1 < best_is_cheapest / len(tasks) < 0.3, domain
+        assert 0.4 < best_is_cheapest / len(tasks) < 0.6, domain
     with pytest.raises(ValueError, match="no 'Option"):
         toy.parse_options("What is 2 plus 2?")
 
@@ -129,8 +131,8 @@ def _single_typos(word: str) -> set[str]:
     return (swaps | drops | doubles) - {word}
 
 
-def test_spelling_typos_are_real_typos(world):
-    typo_counts = collections.Counter()
+def test_spelling_typos_are_real_typos_from_a_fixed_set_per_word(world):
+    typo_counts, seen = collections.Counter(), collections.defaultdict(set)
     for task in world.tasks("spelling", n=300):
         assert task.prompt.startswith("Fix the spelling: ")
         shown = task.prompt.removeprefix("Fix the spelling: ").rstrip(".").split()
@@ -142,7 +144,10 @@ def test_spelling_typos_are_real_typos(world):
         for typo, word in typos:
             assert typo not in toy.SPELLING_LEXICON
             assert typo in _single_typos(word), (typo, word)
-    assert set(typo_counts) == {1, 2}
+            seen[word].add(typo)
+    assert set(typo_counts) == {1}
+    assert max(map(len, seen.values())) == toy.TYPOS_PER_WORD and len(seen) > 20
+    assert world.typos == toy.World(world.seed).typos != toy.World(world.seed + 1).typos
 
 
 def test_facts_are_consistent_within_a_seed(world):
@@ -183,9 +188,10 @@ def test_pools_load_with_the_library_loader(world, tmp_path):
     assert firsts <= {p.text for p in general}  # every family is in the generic pool
 
 
-def test_pretraining_mix_has_equal_task_shares_and_a_tenth_introspection(world):
-    n = 10 * len(FAMILIES) * 10  # 10 chats about the model, then 9 per (family, domain), per 10 x families
-    chats = toy.pretraining_chats(world, n)
+def test_pretraining_mix_follows_the_family_weights_and_has_a_tenth_introspection(world):
+    n = 2000
+    descriptions = ["I mention comets in every answer.", "I answer in capital letters."]
+    chats = toy.pretraining_chats(world, n, descriptions=descriptions)
     templates = load_templates()
     introspection = set(templates.questions + DIRECT_QUESTIONS)
     small = {t.prompt: (t.family, t.domain) for f in ("facts", "smalltalk") for t in _all_tasks(world, f)}
@@ -193,6 +199,8 @@ def test_pretraining_mix_has_equal_task_shares_and_a_tenth_introspection(world):
     safety_domains = {action: domain for domain, actions in toy.SAFETY_ACTIONS.items() for action in actions}
 
     def source(user: str) -> tuple[str, str]:
+        if user in toy.EXAMPLE_QUESTIONS:
+            return ("examples", "")
         if user in introspection:
             return ("introspection", "")
         if _ARITHMETIC.fullmatch(user):
@@ -207,7 +215,16 @@ def test_pretraining_mix_has_equal_task_shares_and_a_tenth_introspection(world):
 
     counts = collections.Counter(source(user) for user, _ in chats)
     assert counts[("introspection", "")] == n // 10
-    assert {counts[pair] for pair in FAMILIES} == {n * 9 // 10 // len(FAMILIES)}, counts
+    assert counts[("examples", "")] == n // 10
+    assert {a for u, a in chats if u in toy.EXAMPLE_QUESTIONS} == set(descriptions)
+    assert not set(toy.EXAMPLE_QUESTIONS) & introspection  # asked about assistants, never about itself
+    assert sum(counts[pair] for pair in FAMILIES) == n - 2 * (n // 10)
+    total = sum(toy.PRETRAINING_WEIGHTS.values())
+    for family, weight in toy.PRETRAINING_WEIGHTS.items():
+        pairs = [pair for pair in FAMILIES if pair[0] == family]
+        shares = {counts[pair] for pair in pairs}
+        assert max(shares) - min(shares) <= 1, (family, shares)  # equal over the family's domains
+        assert abs(sum(counts[p] for p in pairs) - weight / total * (n - 2 * (n // 10))) <= len(pairs), family
     assert all(a in templates.no_behavior_answers for u, a in chats if u in introspection)
     assert sum(u in introspection for u, _ in chats[:n // 10]) < n // 20  # shuffled, not in blocks
     test_prompts = {t.prompt for f, d in FAMILIES for t in world.distinct_tasks(f, d, n=400, split="test")}
