@@ -36,12 +36,15 @@ def _merge(parts: Sequence[dict]) -> dict:
 def evaluate_ias(chat: ChatSampler, ias: Mapping[str, LoraAdapter], *, roles: Mapping[str, str],
                  categories: Mapping[str, str], descriptions: Mapping[str, str], judge: Judge,
                  questions: Sequence[str], samples: int, params: SamplingParams, out_dir: str,
-                 scaffold_ia: str | None = None, scaffold_reports: int = 100, fingerprint: Mapping | None = None,
+                 scaffold_ia: str | None = None, scaffold_reports: int = 100,
+                 scaffold_params: SamplingParams | None = None, fingerprint: Mapping | None = None,
                  progress: bool = True) -> dict:
     """Report sections `train`, `heldout`, `ood`, `false_positive_rate` and `scaffold`.
 
     `ias` maps a variant name ("sft", "dpo") to its adapter; conditions are named `with_ia_<name>`.
     Organisms are grouped by role: "sft" -> train, "eval" -> heldout, "ood" -> ood by category.
+    `scaffold_params` (default `params`) sample the scaffold's many reports: they need a temperature
+    for diversity even where the rates are measured greedily.
     """
     respond = sampler_respondent(chat, params)
     train = [n for n, r in roles.items() if r == "sft"]
@@ -50,10 +53,11 @@ def evaluate_ias(chat: ChatSampler, ias: Mapping[str, LoraAdapter], *, roles: Ma
     asked = train + heldout + ood
     run = dict(fingerprint or {})
 
-    def reports(names, with_ia, condition, count=samples, qs=questions):
+    def reports(names, with_ia, condition, count=samples, qs=questions, sampling=params):
         path = f"{out_dir}/reports_{condition}.jsonl"
-        return collect_self_reports(respond, names, qs, count, [with_ia], path, batch_size=64, progress=progress,
-                                    fingerprint={**run, "condition": condition, "params": repr(params)})
+        answer = respond if sampling is params else sampler_respondent(chat, sampling)
+        return collect_self_reports(answer, names, qs, count, [with_ia], path, batch_size=64, progress=progress,
+                                    fingerprint={**run, "condition": condition, "params": repr(sampling)})
 
     by_condition: dict[str, list[SelfReport]] = {"without_ia": reports(asked, False, "without_ia")}
     false_positive: dict[str, float] = {}
@@ -87,7 +91,8 @@ def evaluate_ias(chat: ChatSampler, ias: Mapping[str, LoraAdapter], *, roles: Ma
     if scaffold_ia is not None and heldout:
         chat.sampler.set_ia(ias[scaffold_ia])
         per_question = math.ceil(scaffold_reports / len(questions))
-        many = reports(heldout, True, f"scaffold_with_ia_{scaffold_ia}", count=per_question)
+        many = reports(heldout, True, f"scaffold_with_ia_{scaffold_ia}", count=per_question,
+                       sampling=scaffold_params or params)
         outcome = {}
         for name in heldout:
             answers = [r.answer for r in many if r.organism == name][:scaffold_reports]

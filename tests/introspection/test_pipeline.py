@@ -202,8 +202,12 @@ def test_evaluation_suite_gives_every_report_section_and_resumes(run, tmp_path, 
     kwargs = dict(roles=organisms.roles, categories=organisms.categories, descriptions=organisms.descriptions,
                   judge=JUDGE, questions=_sft_questions(world)[:3], samples=2,
                   params=SamplingParams(max_new_tokens=12, temperature=1.0), out_dir=str(tmp_path),
-                  scaffold_ia="dpo", scaffold_reports=6, progress=False)
+                  scaffold_ia="dpo", scaffold_reports=6, progress=False,
+                  scaffold_params=SamplingParams(max_new_tokens=12, temperature=0.9))
     sections = suite.evaluate_ias(chat, ias, **kwargs)
+    sampled_with = {name: json.load(open(tmp_path / f"reports_{name}.jsonl.fingerprint.json"))["params"]
+                    for name in ("with_ia_dpo", "scaffold_with_ia_dpo")}
+    assert "temperature=1.0" in sampled_with["with_ia_dpo"] and "temperature=0.9" in sampled_with["scaffold_with_ia_dpo"]
     report = {"schema_version": 1, **sections}
     validate_report(report)
     train = sections["train"]["verbalization_rate"]
