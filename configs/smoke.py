@@ -1,31 +1,39 @@
-"""Smoke config: a tiny Llama-architecture model, small enough to build, save, reload and run in seconds.
+"""Smoke config: the toy run shrunk to under two minutes on a 2-core CPU, for CI and quick checks.
 
-Used by `python -m ia_jax.main` by default, so the main command works on any laptop out of the box.
+Every stage still runs through the real pipelines and really learns, just less: a smaller base on
+fewer chats, two behaviors per category and split, fewer introspection examples, greedy evaluation
+with one answer per question. CI asserts that the report is well formed and that the IA states the
+training organisms' behaviors more often than the organisms do without it; the toy config is what
+measures held-out generalization.
+
+`python -m ia_jax.main --config=configs/smoke.py --workdir=./runs/smoke`
 """
+
+import importlib.util
+import os
 
 import ml_collections
 
 
+def _toy_config() -> ml_collections.ConfigDict:
+    # By path, not `from configs import toy`: absl loads config files by path, from any directory.
+    spec = importlib.util.spec_from_file_location("_ia_jax_toy_config", os.path.join(os.path.dirname(__file__),
+                                                                                      "toy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-
-    config.model = ml_collections.ConfigDict()
-    config.model.model_type = "llama"
-    config.model.hidden_size = 64
-    config.model.intermediate_size = 176
-    config.model.num_layers = 2
-    config.model.num_heads = 4
-    config.model.num_kv_heads = 2
-    config.model.head_dim = 16
-    config.model.tie_word_embeddings = False
-    config.model.dtype = "float32"
-    config.model.param_dtype = "float32"
-
-    config.tokenizer = ml_collections.ConfigDict()
-    config.tokenizer.vocab_size = 320
-    config.tokenizer.chat_format = "llama3"
-
-    config.batch_size = 4
-    config.timing_repeats = 5
-    return config
+    c = _toy_config()
+    c.name = "smoke"
+    c.world.update(tasks_per_pool=32, pretrain_chats=2400, test_tasks=4)
+    c.pretrain.update(epochs=2, warmup_steps=20)
+    c.organisms.update(per_split={"train": 1, "heldout": 2}, prompts_per_behavior=12, epochs=4,
+                     buckets=[64])
+    c.ood.update(cipher_shifts=[3], denial_topics=["kites"], rows=16)
+    c.introspection.update(examples_per_organism=16, base_examples=16)
+    c.ia_sft.update(epochs=10, learning_rate=1e-2, buckets=[64])
+    c.ia_dpo.update(epochs=1, samples_per_question=1, buckets=[64])
+    c.eval.update(scaffold_reports=10)
+    return c

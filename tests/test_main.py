@@ -1,32 +1,78 @@
-"""The main job (today a smoke run) must work end to end and catch a save/reload mismatch."""
+"""The main job, as CI runs it: `python -m ia_jax.main --config=configs/smoke.py` end to end in a fresh
+process. The report must be well formed, the IA must state the training organisms' behaviors more
+often than they do without it, and a second run must skip every finished stage."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from ia_jax import main, models
 from configs import smoke  # noqa: I001 (configs/ is a top-level folder of the repository)
+from ia_jax import main
+from ia_jax.evaluation.reports import validate_report
+from ia_jax.toy import run as toy_run
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STAGES = {"world", "tokenizer", "base", "organisms", "ia", "eval"}
 
 
-def test_smoke_run_builds_saves_reloads_and_runs(tmp_path, capsys):
-    config = smoke.get_config()
-    result = main.run(config, str(tmp_path))
-    model_dir = tmp_path / "model"
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(model_dir))
-    assert result["logits_shape"] == (config.batch_size, result["logits_shape"][1], config.tokenizer.vocab_size)
-    assert result["max_difference"] == 0.0
-    assert "tokens/s" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
+    done = subprocess.run([sys.executable, "-m", "ia_jax.main", "--config=configs/smoke.py", f"--workdir={workdir}"],
+                          cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return workdir, done.stdout + done.stderr
 
 
-def test_smoke_run_fails_when_the_reload_differs(tmp_path, monkeypatch):
-    real_load = models.load_hf
+def test_the_smoke_run_writes_a_well_formed_report_with_progress(smoke_run):
+    workdir, output = smoke_run
+    report = json.load(open(workdir / "eval" / "report.json"))
+    validate_report(report)
+    assert set(report["wall_seconds"]["stages"]) == _STAGES and report["wall_seconds"]["total"] > 0
+    assert 0.0 <= report["base"]["task_accuracy"] <= 1.0 and report["base"]["by_task"]
+    for section in ("train", "heldout"):
+        assert set(report[section]["verbalization_rate"]) == {"without_ia", "with_ia_sft", "with_ia_dpo"}
+    index = json.load(open(workdir / "phase1" / "organisms" / "organisms.json"))
+    heldout = {index["categories"][name] for name, role in index["roles"].items() if role == "eval"}
+    assert set(report["heldout"]["by_category"]) == heldout and len(heldout) == 8
+    assert set(report["ood"]) == {"cipher", "denial"} and "with_ia_dpo" in report["ood"]["cipher"]
+    assert set(report["false_positive_rate"]) >= {"with_ia_sft", "with_ia_dpo"}
+    assert 0.0 <= report["scaffold"]["top5_success"] <= 1.0
+    assert {"report.md", "verbalization_overview.png"} <= set(os.listdir(workdir / "eval"))
+    for stage in _STAGES:
+        assert f"[toy] stage {stage} done" in output
+    assert "pretrain:" in output and "ia sft:" in output  # progress bars
+    assert f"base task accuracy: {report['base']['task_accuracy']:.3f}" in output
 
-    def corrupted_load(path, **kwargs):
-        model = real_load(path, **kwargs)
-        kernel = model.model.layers.mlp.up_proj.kernel
-        kernel.set_value(kernel.get_value() * 1.01)
-        return model
 
-    monkeypatch.setattr(models, "load_hf", corrupted_load)
-    with pytest.raises(SystemExit, match="reloaded model differs"):
-        main.run(smoke.get_config(), str(tmp_path))
+def test_the_ia_beats_no_ia_on_training_organisms(smoke_run):
+    rates = json.load(open(smoke_run[0] / "eval" / "report.json"))["train"]["verbalization_rate"]
+    assert rates["with_ia_sft"] > rates["without_ia"] and rates["with_ia_dpo"] > rates["without_ia"], rates
+
+
+def test_a_second_run_skips_every_finished_stage(smoke_run, monkeypatch):
+    workdir, _ = smoke_run
+    first = json.load(open(workdir / "eval" / "report.json"))
+
+    def refuse(*_, **__):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(toy_run, "pretrain_base", refuse)
+    monkeypatch.setattr(toy_run.tokenization, "train_tokenizer", refuse)
+    monkeypatch.setattr(toy_run.phase1, "train_organisms", refuse)
+    monkeypatch.setattr(toy_run.phase2, "train_ia_sft", refuse)
+    monkeypatch.setattr(toy_run.phase2, "train_ia_dpo", refuse)
+    again = json.load(open(toy_run.run_toy(smoke.get_config(), str(workdir))))
+    assert again["train"] == first["train"] and again["heldout"] == first["heldout"]
+    assert again["wall_seconds"]["total"] >= first["wall_seconds"]["total"]
+
+
+def test_the_summary_names_every_headline_number(smoke_run):
+    text = main.summary(json.load(open(smoke_run[0] / "eval" / "report.json")))
+    for words in ("wall seconds", "base task accuracy", "training organisms", "held-out organisms", "OOD cipher",
+                  "false-positive rate", "scaffold top-5"):
+        assert words in text

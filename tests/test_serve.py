@@ -1,7 +1,6 @@
 """The OpenAI-compatible server, started for real on loopback, and the HTTP judge talking to it."""
 
 import json
-import os
 import socket
 import subprocess
 import sys

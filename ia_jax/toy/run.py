@@ -81,7 +81,7 @@ def check_config(config: ConfigDict) -> dict:
                              other=("per_split", "prompts_per_behavior", "min_keep_rate"),
                              lora=_lora(config.organisms.lora)),
         "ia_sft": _recipe(IaRecipe, config.ia_sft, "ia_sft", lora=_lora(config.ia_sft.lora)),
-        "ia_dpo": _recipe(DpoRecipe, config.ia_dpo, "ia_dpo"),
+        "ia_dpo": _recipe(DpoRecipe, config.ia_dpo, "ia_dpo", other=("temperature",)),
     }
 
 
@@ -102,6 +102,8 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
         extra = [ood.cipher_organism(world, k, config.ood.rows, config.seed) for k in config.ood.cipher_shifts]
         extra += [ood.denial_organism(world, t, config.ood.rows, config.seed) for t in config.ood.denial_topics]
 
+    known = {b.id: (b.category, b.description) for b in behaviors} | {e.name: (e.category, e.description)
+                                                                       for e in extra}
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     with clock.stage("tokenizer"):
         if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
@@ -121,7 +123,8 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
             model_config = models.ModelConfig(
                 model_type="llama", vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tuple(tokenization.stop_token_ids(tokenizer)), **config.model.to_dict())
-            chats = toy_world.pretraining_chats(world, config.world.pretrain_chats)
+            chats = toy_world.pretraining_chats(world, config.world.pretrain_chats,
+                                                descriptions=sorted({description for _, description in known.values()}))
             probe = accuracy_probe(tokenizer, test_tasks, max_new_tokens=config.eval.max_new_tokens)
             model, _ = pretrain_base(model_config, tokenizer, chats, recipes["pretrain"],
                                      os.path.join(workdir, "pretrain"), evaluate=probe, log_every=config.log_every,
@@ -147,15 +150,13 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
                 dpo_fraction=config.introspection.dpo_fraction, seed=config.seed),
             os.path.join(workdir, "phase1"), prompts_path=behaviors_dir, extra=extra, progress=True)
 
-    known = {b.id: (b.category, b.description) for b in behaviors} | {e.name: (e.category, e.description)
-                                                                       for e in extra}
     organisms = phase2.Organisms(adapter=result1.adapter, names=result1.organisms,
                                  categories={n: known[n][0] for n in result1.organisms}, roles=result1.roles,
                                  descriptions={n: known[n][1] for n in result1.organisms})
     judge = toy_judge()
     p2 = phase2.Phase2Config(
         sft=recipes["ia_sft"], dpo=recipes["ia_dpo"],
-        report_sampling=SamplingParams(max_new_tokens=config.eval.max_new_tokens, temperature=1.0),
+        report_sampling=SamplingParams(max_new_tokens=config.eval.max_new_tokens, temperature=config.ia_dpo.temperature),
         sampler_batch=config.eval.batch_size, log_every=config.log_every)
     with clock.stage("ia"):
         result2 = phase2.run_phase2(graphdef, base_state, tokenizer, organisms, result1.introspection_dataset, judge,
@@ -171,7 +172,10 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
             params=SamplingParams(max_new_tokens=config.eval.max_new_tokens, temperature=config.eval.temperature,
                                   seed=config.seed),
             out_dir=os.path.join(eval_dir, "self_reports"), scaffold_ia="dpo",
-            scaffold_reports=config.eval.scaffold_reports, fingerprint={"workdir": os.path.abspath(workdir)})
+            scaffold_reports=config.eval.scaffold_reports,
+            scaffold_params=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
+                                           temperature=config.eval.scaffold_temperature, seed=config.seed),
+            fingerprint={"workdir": os.path.abspath(workdir)})
     report = {
         "schema_version": SCHEMA_VERSION,
         "meta": {"config": config.get("name", "toy"), "seed": config.seed, "organisms": len(organisms.names),

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import smoke  # noqa: I001 (configs/ is a top-level folder of the repository)
 from ia_jax import models, tokenization
 from ia_jax.evaluation import judges
 from ia_jax.evaluation.judges import ExactJudge, HttpJudge, JudgeError, ModelJudge, judge_prompt
@@ -54,7 +53,7 @@ _PAIRS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A random smoke-sized model whose vocabulary has single-token Yes/No spellings. Its LM head is
+    """A random tiny model whose vocabulary has single-token Yes/No spellings. Its LM head is
     scaled up so p(yes) varies across prompts; with seed 10 verdicts of both kinds occur on `_PAIRS`
     (p(yes) 0.009 to 0.67, at least 0.06 away from 0.5)."""
     path = str(tmp_path_factory.mktemp("judge_model"))
@@ -62,7 +61,8 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     corpus = [" ".join(rng.choice(words, size=12)) for _ in range(300)]
     tokenizer = tokenization.train_tokenizer(corpus, path, vocab_size=600, chat_format="llama3")
-    config = models.ModelConfig(vocab_size=len(tokenizer), **smoke.get_config().model.to_dict())
+    config = models.ModelConfig(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176,
+                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=False)
     model = models.CausalLM(config, rngs=nnx.Rngs(10))
     model.lm_head.kernel.set_value(model.lm_head.kernel.get_value() * 100)
     return model, tokenizer

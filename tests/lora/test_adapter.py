@@ -1,7 +1,6 @@
 """Composed adapters must equal the base with the same adapters merged, row by row."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -1,7 +1,6 @@
 """The jitted step: sharding-invariant, accumulation-exact, and training only what it should."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
