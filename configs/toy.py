@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.log_every = 10
 
-    c.world = dict(tasks_per_pool=120, pretrain_chats=10000, test_tasks=16)
+    c.world = dict(tasks_per_pool=120, pretrain_chats=12000, test_tasks=16)
     c.tokenizer = dict(vocab_size=2000)
     c.model = dict(hidden_size=96, intermediate_size=288, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=24)
     c.pretrain = dict(learning_rate=3e-3, warmup_steps=50, weight_decay=0.01, epochs=3, batch_size=32,
