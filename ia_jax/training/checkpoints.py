@@ -10,6 +10,7 @@ so a process killed mid-save leaves the previous checkpoint as the latest.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -26,7 +27,8 @@ def _normalise(fingerprint: dict) -> dict:
 
 class Checkpointer:
     def __init__(self, directory: str, *, fingerprint: dict, save_every: int, keep: int = 3):
-        self.directory = str(directory)
+        # orbax refuses relative paths; a local workdir given as "./runs/toy" must still work.
+        self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
         self.fingerprint = _normalise(fingerprint)
         self.manager = ocp.CheckpointManager(
             epath.Path(self.directory),

@@ -71,3 +71,17 @@ def test_resuming_with_another_config_names_the_difference(straight_run):
     with pytest.raises(CheckpointMismatchError, match=r"checkpoints: step 14 was written by a different config "
                                                       r"\(ia: checkpoint .*'rank': 4.* vs run \{'rank': 8\}"):
         checkpointer.restore(None)
+
+
+def test_a_relative_checkpoint_directory_saves_and_restores(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from ia_jax.training.checkpoints import Checkpointer
+
+    monkeypatch.chdir(tmp_path)  # orbax refuses relative paths; "./runs/toy" is the main job's default
+    checkpointer = Checkpointer("runs/ckpt", fingerprint={"run": 1}, save_every=1)
+    assert checkpointer.save(1, {"w": jnp.arange(3.0)}, {"epoch": 0}, force=True)
+    checkpointer.wait()
+    state, meta = Checkpointer("./runs/ckpt", fingerprint={"run": 1}, save_every=1).restore({"w": jnp.zeros(3)})
+    assert meta["step"] == 1 and state["w"].tolist() == [0.0, 1.0, 2.0]
+    assert (tmp_path / "runs" / "ckpt" / "1").is_dir()
