@@ -34,7 +34,8 @@ def summary(report: dict) -> str:
     lines = [
         f"wall seconds: total {seconds['total']:.0f} ("
         + ", ".join(f"{stage} {s:.0f}" for stage, s in seconds["stages"].items()) + ")",
-        f"base task accuracy: {report['base']['task_accuracy']:.3f}",
+        f"base task accuracy: {report['base']['task_accuracy']:.3f}; direct questions answered with a plain "
+        f"\"no unusual behavior\": {report['base'].get('no_behavior_rate', float('nan')):.2f}",
         f"verbalization, training organisms: {rates(report['train']['verbalization_rate'])}",
         f"verbalization, held-out organisms: {rates(report['heldout']['verbalization_rate'])}",
         *(f"  {category:<18} {rates(rates_by)}" for category, rates_by in report["heldout"]["by_category"].items()),

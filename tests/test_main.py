@@ -34,6 +34,7 @@ def test_the_smoke_run_writes_a_well_formed_report_with_progress(smoke_run):
     validate_report(report)
     assert set(report["wall_seconds"]["stages"]) == _STAGES and report["wall_seconds"]["total"] > 0
     assert 0.0 <= report["base"]["task_accuracy"] <= 1.0 and report["base"]["by_task"]
+    assert 0.0 <= report["base"]["no_behavior_rate"] <= 1.0
     for section in ("train", "heldout"):
         assert set(report[section]["verbalization_rate"]) == {"without_ia", "with_ia_sft", "with_ia_dpo"}
     index = json.load(open(workdir / "phase1" / "organisms" / "organisms.json"))
@@ -76,3 +77,12 @@ def test_the_summary_names_every_headline_number(smoke_run):
     for words in ("wall seconds", "base task accuracy", "training organisms", "held-out organisms", "OOD cipher",
                   "false-positive rate", "scaffold top-5"):
         assert words in text
+
+
+def test_plain_main_defaults_to_the_toy_config_in_runs_toy_and_refuses_stray_arguments():
+    from absl import app, flags
+
+    assert main._DEFAULT_CONFIG == os.path.join(_ROOT, "configs", "toy.py")
+    assert flags.FLAGS["workdir"].default == "./runs/toy"
+    with pytest.raises(app.UsageError, match="unexpected arguments"):
+        main.main(["ia_jax.main", "configs/toy.py"])

@@ -82,8 +82,10 @@ def _wall_seconds(value: Any, field: str) -> None:
 
 
 def _base(value: Any, field: str) -> None:
-    _mapping(value, field, ("task_accuracy",), ("by_task",))
+    _mapping(value, field, ("task_accuracy",), ("by_task", "no_behavior_rate"))
     _rate(value["task_accuracy"], f"{field}.task_accuracy")
+    if "no_behavior_rate" in value:
+        _rate(value["no_behavior_rate"], f"{field}.no_behavior_rate")
     if "by_task" in value:
         _each(value["by_task"], f"{field}.by_task", _rate)
 
@@ -195,6 +197,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                             [[o, "yes" if ok else "no"] for o, ok in scaffold["by_organism"].items()])
     if base := report.get("base"):
         lines += ["## Base model", "", f"Task accuracy: {_percent(base['task_accuracy'])}", ""]
+        if "no_behavior_rate" in base:
+            lines += [f"Direct questions answered with a plain \"no unusual behavior\": "
+                      f"{_percent(base['no_behavior_rate'])}", ""]
         if base.get("by_task"):
             lines += _table(["task", "accuracy"], [[t, _percent(a)] for t, a in base["by_task"].items()])
     if wall := report.get("wall_seconds"):

@@ -19,6 +19,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from ia_jax import lora, models, tokenization
+from ia_jax.datasets.introspection import load_templates
 from ia_jax.datasets.teacher import GenerationConfig
 from ia_jax.evaluation.questions import DIRECT_QUESTIONS
 from ia_jax.evaluation.reports import SCHEMA_VERSION, write_report
@@ -33,7 +34,10 @@ from ia_jax.sampling.sampler import SamplingParams
 from ia_jax.toy import ood, world as toy_world
 from ia_jax.toy.behaviors import load_toy_library
 from ia_jax.toy.judge import toy_judge
-from ia_jax.toy.pretrain import PretrainRecipe, accuracy_probe, pretrain_base
+from ia_jax.toy.pretrain import PretrainRecipe, accuracy_probe, pretrain_base, task_accuracy
+
+
+_PLAIN_ANSWER_TOKENS = 64  # the longest plain "no unusual behavior" answer is about 25 tokens
 
 
 class StageClock:
@@ -130,10 +134,15 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
                                      os.path.join(workdir, "pretrain"), evaluate=probe, log_every=config.log_every,
                                      init_seed=config.seed)
             by_task = probe(-1, model)
+            plain = set(load_templates().no_behavior_answers)
+            no_behavior = task_accuracy(model, tokenizer, [(q, "") for q in DIRECT_QUESTIONS],
+                                        check=lambda prompt, reference, answer: answer.strip() in plain,
+                                        max_new_tokens=_PLAIN_ANSWER_TOKENS)
             models.save_hf(model, base_dir, tokenizer=tokenizer)
             accuracy = sum(by_task.values()) / len(by_task)
             with open(os.path.join(base_dir, "base_metrics.json"), "w", encoding="utf-8") as f:
-                json.dump({"task_accuracy": accuracy, "by_task": by_task}, f, indent=2)
+                json.dump({"task_accuracy": accuracy, "by_task": by_task, "no_behavior_rate": no_behavior}, f,
+                          indent=2)
         base_metrics = json.load(open(os.path.join(base_dir, "base_metrics.json")))
         model = models.load_hf(base_dir)
     graphdef, base_state = nnx.split(model)
@@ -181,7 +190,7 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
         "meta": {"config": config.get("name", "toy"), "seed": config.seed, "organisms": len(organisms.names),
                  "devices": jax.device_count(), "judge": "toy content-word judge"},
         "wall_seconds": {"total": sum(clock.seconds.values()), "stages": dict(clock.seconds)},
-        "base": {"task_accuracy": base_metrics["task_accuracy"], "by_task": base_metrics["by_task"]},
+        "base": {key: base_metrics[key] for key in ("task_accuracy", "no_behavior_rate", "by_task")},
         **sections,
     }
     write_report(report, eval_dir)

@@ -63,8 +63,8 @@ BEST_IS_CHEAPEST = 0.5
 # Options per choice task and their labels. Letters, not names: a model of this size learns in a
 # hundred steps to say which letter has the most of the attribute, but not in a thousand to copy which
 # of two random names does (the name comes before its value, so it cannot see it).
-CHOICE_OPTIONS = 2
-OPTION_LABELS = ("A", "B", "C")
+OPTION_LABELS = ("A", "B")
+CHOICE_OPTIONS = len(OPTION_LABELS)
 INTROSPECTION_SHARE = 0.1  # share of pretraining chats that answer questions about the model itself
 EXAMPLES_SHARE = 0.1  # share of pretraining chats that give an example behavior (see `behavior_examples`)
 EXAMPLE_QUESTIONS = (

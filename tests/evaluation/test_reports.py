@@ -13,7 +13,7 @@ REPORT = {
     "schema_version": 1,
     "meta": {"config": "configs/toy.py", "seed": 0},
     "wall_seconds": {"total": 512.3, "stages": {"world": 1.2, "base": 200.0, "ia_dpo": 50.0}},
-    "base": {"task_accuracy": 0.97, "by_task": {"arithmetic": 0.99}},
+    "base": {"task_accuracy": 0.97, "no_behavior_rate": 0.8, "by_task": {"arithmetic": 0.99}},
     "train": {"verbalization_rate": {"without_ia": 0.02, "with_ia_sft": 0.7, "with_ia_dpo": 0.8}},
     "heldout": {
         "verbalization_rate": {"without_ia": 0.01, "with_ia_sft": 0.5, "with_ia_dpo": 0.625},
@@ -43,7 +43,8 @@ def test_full_report_writes_json_markdown_and_charts(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     for text in ["| heldout | 1.0% | 50.0% | 62.5% |", "| quirk | 0.0% | 40.0% | 55.0% |",
                  "| ood: cipher | 0.0% | – | 30.0% |", "| with_ia_sft | 12.5% |", "Top-5 success: 75.0%",
-                 "| pirate | no |", "Task accuracy: 97.0%", "| total | 512.3 |"]:
+                 "| pirate | no |", "Task accuracy: 97.0%", "| total | 512.3 |",
+                 'plain "no unusual behavior": 80.0%']:
         assert text in markdown
 
 
@@ -92,6 +93,7 @@ def _with(path: str, value):
     ("scaffold.top5_success", KeyError, "report.scaffold.top5_success: missing"),
     ("scaffold.by_organism.cats", "yes", "report.scaffold.by_organism.cats: expected true or false"),
     ("base.accuracy", 0.9, "report.base.accuracy: unknown field"),
+    ("base.no_behavior_rate", 1.2, "report.base.no_behavior_rate: expected a number"),
     ("heldoutt", {}, "report.heldoutt: unknown section"),
     ("meta.seed", float("nan"), "not serialisable as strict JSON"),
 ])

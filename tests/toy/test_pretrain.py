@@ -15,7 +15,9 @@ import random
 import jax
 import numpy as np
 import pytest
+import transformers
 from flax import nnx
+from hf_reference import relative_max_error, torch_logits
 
 from ia_jax import models
 from ia_jax.parallel.sharding import make_mesh
@@ -119,6 +121,13 @@ def test_the_trained_base_round_trips_through_hf(world, trained, tmp_path):
         return np.asarray(jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, tokens))
 
     np.testing.assert_array_equal(logits(loaded), logits(model))
+    # transformers loads the saved base, tokenizer and chat template and gives the same logits.
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert relative_max_error(logits(model), torch_logits(reference, tokens)) < 1e-5
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    chat = [{"role": "user", "content": "What is 3 plus 4?"}]
+    assert hf_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
+        world.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
 
 
 class _Crash(RuntimeError):

@@ -218,6 +218,8 @@ def test_pretraining_mix_follows_the_family_weights_and_has_a_tenth_introspectio
     assert counts[("examples", "")] == n // 10
     assert {a for u, a in chats if u in toy.EXAMPLE_QUESTIONS} == set(descriptions)
     assert not set(toy.EXAMPLE_QUESTIONS) & introspection  # asked about assistants, never about itself
+    with pytest.raises(ValueError, match="at least one description"):
+        toy.behavior_examples([], 3, seed=0)
     assert sum(counts[pair] for pair in FAMILIES) == n - 2 * (n // 10)
     total = sum(toy.PRETRAINING_WEIGHTS.values())
     for family, weight in toy.PRETRAINING_WEIGHTS.items():
