@@ -2,7 +2,8 @@
 
 Re-running the same command resumes from the latest checkpoint in `checkpointer`'s directory (the
 train state and the data position), so an interrupted run, SIGKILL included, ends where an
-uninterrupted one would. Metrics are fetched from the device only every `log_every` steps, so the
+uninterrupted one would. SIGTERM (a TPU maintenance event or spot reclaim) saves the step just
+finished and raises `preemption.Preempted`, so the re-run loses nothing. Metrics are fetched from the device only every `log_every` steps, so the
 host never waits on the device inside the loop otherwise.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ia_jax.data.batching import Batcher
+from ia_jax.training import preemption
 from ia_jax.training.checkpoints import Checkpointer
 from ia_jax.training.train_step import Trainer, TrainState
 
@@ -46,19 +48,27 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
     start = int(jax.device_get(state.step))
     history = []
     progress = tqdm(total=steps, initial=start, desc=description, disable=steps - start <= 0, leave=False)
-    for step in range(start, steps):
-        state, metrics = trainer.step(state, frozen, trainer.put_batch(next(batcher)), rng)
-        if checkpointer is not None:
-            checkpointer.save(step + 1, state, batcher.position, force=step + 1 == steps)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            logged = {"step": step + 1, **{k: v.tolist() for k, v in jax.device_get(metrics).items()}}
-            history.append(logged)
-            progress.set_postfix(loss=f"{logged['loss']:.4f}")
-            if on_metrics is not None:
-                on_metrics(step + 1, logged)
-            if on_state is not None:
-                on_state(step + 1, state, logged)
-        progress.update(1)
+    with preemption.deferred():
+        for step in range(start, steps):
+            state, metrics = trainer.step(state, frozen, trainer.put_batch(next(batcher)), rng)
+            stop = preemption.requested(step + 1)
+            if checkpointer is not None:
+                checkpointer.save(step + 1, state, batcher.position, force=stop or step + 1 == steps)
+            if stop:
+                progress.close()
+                if checkpointer is not None:
+                    checkpointer.wait()
+                raise preemption.Preempted(f"{description}: SIGTERM; saved step {step + 1} of {steps}"
+                                           + ("" if checkpointer else " (no checkpointer: nothing saved)"))
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                logged = {"step": step + 1, **{k: v.tolist() for k, v in jax.device_get(metrics).items()}}
+                history.append(logged)
+                progress.set_postfix(loss=f"{logged['loss']:.4f}")
+                if on_metrics is not None:
+                    on_metrics(step + 1, logged)
+                if on_state is not None:
+                    on_state(step + 1, state, logged)
+            progress.update(1)
     progress.close()
     if checkpointer is not None:
         checkpointer.wait()

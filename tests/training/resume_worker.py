@@ -1,9 +1,11 @@
-"""A small IA training run for the kill-and-resume test: `resume_worker.py WORKDIR STEPS [KILL_AT_STEP]`.
+"""A small IA training run for the kill-and-resume tests:
+`resume_worker.py WORKDIR STEPS [KILL_AT_STEP [SIGNAL]]`.
 
 It trains a shared adapter (with LoRA dropout, so the per-step randomness must resume too) on top of
 frozen organisms from padded batches of mixed lengths, checkpointing every 3 steps. With KILL_AT_STEP it
-SIGKILLs itself right after that step, as a crash or a preempted VM would. At the end it writes the
-trained adapter to WORKDIR/final.npz.
+sends itself SIGNAL (default KILL) right after that step: SIGKILL as a crash would, SIGTERM as a TPU
+maintenance event or spot reclaim does (then it must save and exit with the preemption code, as the
+entry points do). At the end it writes the trained adapter to WORKDIR/final.npz.
 """
 
 import os
@@ -17,6 +19,7 @@ from flax import nnx
 from ia_jax import lora, models
 from ia_jax.data.batching import Batcher
 from ia_jax.parallel.sharding import make_mesh
+from ia_jax.training import preemption
 from ia_jax.training import train_step as ts
 from ia_jax.training.checkpoints import Checkpointer
 from ia_jax.training.loop import run_training
@@ -40,7 +43,8 @@ def examples(n=40, seed=0):
     return out
 
 
-def main(workdir, steps, kill_at_step=None):
+def main(workdir, steps, kill_at_step=None, signal_name="KILL"):
+    preemption.install()
     model = models.CausalLM(CONFIG, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     rng = np.random.default_rng(1)
@@ -60,13 +64,17 @@ def main(workdir, steps, kill_at_step=None):
 
     def maybe_die(step, _):
         if step == kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, f"SIG{signal_name}"))
 
-    final, _ = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(42),
-                            checkpointer=checkpointer, log_every=1, on_metrics=maybe_die)
+    try:
+        final, _ = run_training(trainer, weights, batcher, steps=steps, rng=jax.random.key(42),
+                                checkpointer=checkpointer, log_every=1, on_metrics=maybe_die)
+    except preemption.Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
     flat = jax.tree_util.tree_flatten_with_path(jax.device_get(final.params))[0]
     np.savez(os.path.join(workdir, "final.npz"), **{jax.tree_util.keystr(p): v for p, v in flat})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None, *sys.argv[4:5])

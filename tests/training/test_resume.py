@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and re-run with the same command ends where an uninterrupted run does."""
+"""A run killed with SIGKILL, or preempted with SIGTERM, and re-run with the same command ends where an
+uninterrupted run does."""
 
 import os
 import signal
@@ -42,6 +43,31 @@ def test_sigkill_then_resume_matches_uninterrupted(straight_run, tmp_path):
     for key in expected.files:
         np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=1e-6)
     assert max(np.abs(expected[k]).max() for k in expected.files if "lora_b" in k) > 1e-3  # it trained
+
+
+def _assert_same_final(expected_dir, actual_dir):
+    expected = np.load(expected_dir / "final.npz")
+    actual = np.load(actual_dir / "final.npz")
+    assert set(actual.files) == set(expected.files)
+    for key in expected.files:
+        np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=1e-6)
+
+
+def test_sigterm_saves_the_current_step_exits_75_and_resumes(straight_run, tmp_path):
+    """SIGTERM arrives after step 7; the loop finishes step 8, saves it although 8 is off the
+    every-3-steps interval, and exits with the preemption code; nothing after it is lost."""
+    from ia_jax.training.preemption import PREEMPTED_EXIT_CODE
+
+    preempted = _run(tmp_path / "resumed", 7, "TERM")
+    assert preempted.returncode == PREEMPTED_EXIT_CODE == 75, preempted.stderr[-3000:]
+    assert "SIGTERM; saved step 8 of 14" in preempted.stderr
+    assert not (tmp_path / "resumed" / "final.npz").exists()
+    steps_saved = sorted(int(p) for p in os.listdir(tmp_path / "resumed" / "checkpoints") if p.isdigit())
+    assert steps_saved == [6, 8]
+
+    resumed = _run(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_final(straight_run, tmp_path / "resumed")
 
 
 def test_checkpoints_keep_the_last_two_and_hold_only_the_trained_adapter(straight_run):
