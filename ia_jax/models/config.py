@@ -15,6 +15,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ia_jax.storage import gcs
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -169,14 +171,23 @@ def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **overrides) -
 
 
 def load_hf_config(path: str, **overrides) -> ModelConfig:
-    config_path = os.path.join(path, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: no config.json in the checkpoint directory")
-    with open(config_path, encoding="utf-8") as f:
+    """Reads `config.json` from checkpoint folder `path`, local or `gs://`."""
+    if gcs.is_gcs(path):
+        config_path = gcs.join(path, "config.json")
         try:
-            hf = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{config_path}: not valid JSON ({e})") from None
+            text = gcs.read_text(config_path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{config_path}: no config.json in the checkpoint directory") from e
+    else:
+        config_path = os.path.join(path, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{config_path}: no config.json in the checkpoint directory")
+        with open(config_path, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        hf = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}: not valid JSON ({e})") from None
     return from_hf_dict(hf, source=config_path, **overrides)
 
 

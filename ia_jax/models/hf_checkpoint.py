@@ -1,10 +1,18 @@
-"""Hugging Face checkpoints in and out: `config.json` + safetensors (single file or sharded).
+"""Hugging Face checkpoints in and out: `config.json` + safetensors (single file or sharded), in a local
+folder or a `gs://` one.
 
 Loading builds the model abstractly (no random weights are ever materialised), checks every tensor's
 name and shape against the config from the file headers alone (a wrong checkpoint fails in seconds,
 not after a long read), then fills one weight at a time. Each weight is placed straight onto its
 sharding: a device receives only its own block, read from the memory-mapped file, so the host never
 holds a second copy of the model. Saving streams one tensor at a time in the other direction.
+
+From `gs://`, `config.json` and the index are small reads, each file's header a small ranged read, and
+every (per-layer) tensor one ranged read of just its bytes, made once however many device blocks share it:
+nothing is written to local disk and the host holds about one tensor beyond the blocks it places
+(tests/models/test_hf_checkpoint_gcs.py measures both). Saving to `gs://` uploads each safetensors file
+as it is produced, by a resumable upload fed tensor by tensor, with no local copy either. (A tokenizer's
+few small files are the exception: `load_tokenizer` caches them locally.)
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from ia_jax.models.config import load_hf_config, to_hf_dict
 from ia_jax.models.decoder import CausalLM
 from ia_jax.models.safetensors_io import SafetensorsFile, write_safetensors
 from ia_jax.parallel.sharding import LOGICAL_AXIS_RULES, named_sharding
+from ia_jax.storage import gcs
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +46,45 @@ _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match its config; the message names the tensor and file."""
+
+
+# Folder operations for a local path or a `gs://` one; files inside are read through SafetensorsFile.
+def _join(directory: str, name: str) -> str:
+    return gcs.join(directory, name) if gcs.is_gcs(directory) else os.path.join(directory, name)
+
+
+def _exists(path: str) -> bool:
+    return gcs.exists(path) if gcs.is_gcs(path) else os.path.exists(path)
+
+
+def _listdir(directory: str) -> list[str]:
+    if gcs.is_gcs(directory):
+        return gcs.list_dir(directory)
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def _read_text(path: str) -> str:
+    if gcs.is_gcs(path):
+        return gcs.read_text(path)
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _write_text(path: str, text: str) -> None:
+    """Whole or not at all: a local file through a renamed `.tmp`, a `gs://` object by one upload."""
+    if gcs.is_gcs(path):
+        gcs.write_text(path, text)
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _remove(path: str) -> None:
+    if gcs.is_gcs(path):
+        gcs.delete(path)
+    else:
+        os.remove(path)
 
 
 class _WeightLayout:
@@ -87,23 +135,22 @@ class _WeightLayout:
 
 
 class CheckpointFiles:
-    """Maps tensor names to the (lazily opened) safetensors file that holds them."""
+    """Maps tensor names to the (lazily opened) safetensors file that holds them; `directory` may be `gs://`."""
 
     def __init__(self, directory: str):
         self.directory = directory
-        index_path = os.path.join(directory, INDEX_FILE)
-        single_path = os.path.join(directory, SINGLE_FILE)
-        if os.path.exists(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                try:
-                    weight_map = json.load(f)["weight_map"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise CheckpointError(f"{index_path}: not a safetensors index ({e!r})") from None
-            self._files = {name: os.path.join(directory, file) for name, file in weight_map.items()}
-        elif os.path.exists(single_path):
+        index_path = _join(directory, INDEX_FILE)
+        single_path = _join(directory, SINGLE_FILE)
+        if _exists(index_path):
+            try:
+                weight_map = json.loads(_read_text(index_path))["weight_map"]
+                self._files = {name: _join(directory, file) for name, file in weight_map.items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index_path}: not a safetensors index ({e!r})") from None
+        elif _exists(single_path):
             self._files = {name: single_path for name in SafetensorsFile(single_path).keys()}
         else:
-            present = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+            present = _listdir(directory)
             hint = (
                 " (only safetensors are loaded; pickled .bin/.pt weights never are)"
                 if any(p.endswith((".bin", ".pt", ".pth")) for p in present)
@@ -118,9 +165,10 @@ class CheckpointFiles:
     def file_of(self, name: str) -> SafetensorsFile:
         path = self._files[name]
         if path not in self._open:
-            if not os.path.exists(path):
-                raise CheckpointError(f"{path}: listed in {INDEX_FILE} for tensor {name!r} but missing")
-            self._open[path] = SafetensorsFile(path)
+            try:
+                self._open[path] = SafetensorsFile(path)
+            except FileNotFoundError as e:
+                raise CheckpointError(f"{path}: listed in {INDEX_FILE} for tensor {name!r} but missing") from e
         file = self._open[path]
         if name not in file:
             raise CheckpointError(f"{path}: {INDEX_FILE} says it holds tensor {name!r}, but it does not")
@@ -158,38 +206,45 @@ def check_against_config(files: CheckpointFiles, layouts: list[_WeightLayout]) -
                      files.directory, len(unused), unused[:3])
 
 
-def _place(files: CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> jax.Array:
-    """Builds one weight on its sharding; each distinct block is read and converted once.
+def _block_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    return tuple(s.indices(dim) for s, dim in zip(index, shape))
 
-    Devices that replicate a block (a weight sharded on one mesh axis and replicated on another) get
-    the same host array, so the host holds at most one copy of this weight's blocks.
+
+def _place(files: CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> jax.Array:
+    """Builds one weight on its sharding, reading each Hugging Face tensor once.
+
+    The distinct blocks this process's devices hold are allocated first, then filled one (per-layer)
+    tensor at a time, so a `gs://` tensor is one ranged read however many blocks need part of it, and a
+    layer no local device holds is not read at all. Devices that replicate a block (a weight sharded on
+    one mesh axis and replicated on another) get the same host array, so the host holds at most one copy
+    of this weight's blocks plus the one tensor being read.
     """
     names = dict(layout.hf_names())
     blocks: dict[tuple, np.ndarray] = {}
-
-    def read(index: tuple[slice, ...]) -> np.ndarray:
-        if not layout.stacked:
-            return np.asarray(layout.from_hf(files.tensor(names[None]))[index], dtype=dtype)
-        layer_index, inner_index = index[0], index[1:]
-        layers = range(layout.shape[0])[layer_index]
-        inner_block_shape = [len(range(dim)[s]) for dim, s in zip(layout.inner_shape, inner_index)]
-        block = np.empty((len(layers), *inner_block_shape), dtype)
-        for i, layer in enumerate(layers):
-            block[i] = layout.from_hf(files.tensor(names[layer]))[inner_index]
-        return block
-
-    def read_block(index: tuple[slice, ...]) -> np.ndarray:
-        key = tuple((s.start, s.stop, s.step) for s in index)
+    for index in sharding.addressable_devices_indices_map(layout.shape).values():
+        key = _block_key(index, layout.shape)
         if key not in blocks:
-            blocks[key] = read(index)
-        return blocks[key]
-
-    return jax.make_array_from_callback(layout.shape, sharding, read_block)
+            blocks[key] = np.empty([len(range(*k)) for k in key], dtype)
+    if layout.stacked:
+        for layer in range(layout.shape[0]):
+            targets = [(key, block) for key, block in blocks.items() if layer in range(*key[0])]
+            if not targets:
+                continue
+            tensor = layout.from_hf(files.tensor(names[layer]))
+            for key, block in targets:
+                block[range(*key[0]).index(layer)] = tensor[tuple(slice(*k) for k in key[1:])]
+            del tensor
+    else:
+        tensor = layout.from_hf(files.tensor(names[None]))
+        for key, block in blocks.items():
+            block[...] = tensor[tuple(slice(*k) for k in key)]
+        del tensor
+    return jax.make_array_from_callback(layout.shape, sharding, lambda index: blocks[_block_key(index, layout.shape)])
 
 
 def load_hf(path: str, *, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES, dtype: str | None = None,
             param_dtype: str | None = None) -> CausalLM:
-    """Loads a Hugging Face checkpoint directory into a `CausalLM`.
+    """Loads a Hugging Face checkpoint directory (local or `gs://`) into a `CausalLM`.
 
     `dtype` is the compute dtype and `param_dtype` the storage dtype (each 'float32' or 'bfloat16';
     default float32). With a `mesh`, every weight lands directly on the sharding its logical axes get
@@ -225,13 +280,16 @@ def _plan_shards(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
 
 
 def save_hf(model: CausalLM, path: str, *, max_shard_bytes: int = 2 * 1024**3, tokenizer=None) -> None:
-    """Writes `config.json` + safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+    """Writes `config.json` + safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads,
+    plus the tokenizer's files when one is given, into folder `path` (local or `gs://`).
 
     Tensors go out one at a time (one layer of one weight is the most ever fetched to the host), split
-    into `model-0000i-of-0000N.safetensors` with an index above `max_shard_bytes`. Shards of an earlier
+    into `model-0000i-of-0000N.safetensors` with an index above `max_shard_bytes`; to `gs://`, each file is
+    streamed to its object as it is produced, which appears only once complete. Shards of an earlier
     save that the new one does not overwrite are removed, so the directory never mixes two models.
     """
-    os.makedirs(path, exist_ok=True)
+    if not gcs.is_gcs(path):
+        os.makedirs(path, exist_ok=True)
     _, state = nnx.split(model)
     sources: dict[str, tuple[jax.Array, _WeightLayout, int | None]] = {}
     specs = []
@@ -258,18 +316,17 @@ def save_hf(model: CausalLM, path: str, *, max_shard_bytes: int = 2 * 1024**3, t
         file_names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for file_name, members in zip(file_names, shards):
-        write_safetensors(os.path.join(path, file_name), [specs[i] for i in members], fetch)
+        write_safetensors(_join(path, file_name), [specs[i] for i in members], fetch)
         weight_map.update({specs[i][0]: file_name for i in members})
-    index_path = os.path.join(path, INDEX_FILE)
     if len(shards) > 1:
-        with open(index_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}, f, indent=2)
-        os.replace(index_path + ".tmp", index_path)
-    for stale in os.listdir(path):
+        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+        _write_text(_join(path, INDEX_FILE), json.dumps(index, indent=2))
+    for stale in _listdir(path):
         is_ours = stale == SINGLE_FILE or stale == INDEX_FILE or _SHARD_PATTERN.match(stale)
         if is_ours and stale not in file_names and not (stale == INDEX_FILE and len(shards) > 1):
-            os.remove(os.path.join(path, stale))
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(to_hf_dict(model.config), f, indent=2)
+            _remove(_join(path, stale))
+    _write_text(_join(path, "config.json"), json.dumps(to_hf_dict(model.config), indent=2))
     if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+        from ia_jax.tokenization.chat import save_tokenizer  # transformers is imported only when needed
+
+        save_tokenizer(tokenizer, path)

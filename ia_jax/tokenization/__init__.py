@@ -14,6 +14,7 @@ from ia_jax.tokenization.chat import (
     load_tokenizer,
     render_chat,
     render_exchange,
+    save_tokenizer,
     stop_token_ids,
 )
 from ia_jax.tokenization.train_sentencepiece import CHAT_FORMATS, train_tokenizer
@@ -26,6 +27,7 @@ __all__ = [
     "load_tokenizer",
     "render_chat",
     "render_exchange",
+    "save_tokenizer",
     "stop_token_ids",
     "train_tokenizer",
 ]

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from ia_jax.storage import gcs
+
 ROLES = ("system", "user", "assistant")
 # Turn terminators of the supported families, stop tokens even where eos is something else.
 _TURN_END_TOKENS = ("<|eot_id|>", "<|im_end|>")
+# What `load_tokenizer` never downloads from a gs:// checkpoint folder: weights and training state.
+_NOT_TOKENIZER_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx",
+                           ".npy", ".npz", ".index.json")
 
 
 class ChatError(ValueError):
@@ -35,17 +41,44 @@ class ChatTokens:
     loss_mask: np.ndarray  # [T] int32, 1 on assistant content and the stop token ending its turn
 
 
+def _is_tokenizer_file(relative_name: str) -> bool:
+    top_level = "/" not in relative_name or relative_name.startswith("additional_chat_templates/")
+    return top_level and not relative_name.endswith(_NOT_TOKENIZER_SUFFIXES)
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """Loads a local tokenizer dir; chat training and sampling both need its chat template."""
-    if not os.path.isdir(path):
+    """Loads a tokenizer folder, local or `gs://`; chat training and sampling both need its chat template.
+
+    From `gs://`, the folder's small files (tokenizer.json, tokenizer_config.json, chat template, config.json
+    and the like; never weights) are copied to the local cache (`gcs.cache_path`) and loaded from there.
+    """
+    source = path
+    if gcs.is_gcs(path):
+        source = gcs.cache_path(path)
+        try:
+            gcs.download_dir(path, source, include=_is_tokenizer_file)
+        except FileNotFoundError as e:
+            raise ChatError(f"{path}: no tokenizer files there ({e})") from e
+    elif not os.path.isdir(path):
         raise ChatError(f"{path}: not a directory")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ChatError(f"{path}: no loadable tokenizer there ({e})") from e
     if not tokenizer.chat_template:
         raise ChatError(f"{path}: the tokenizer has no chat template")
     return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str) -> None:
+    """Writes the tokenizer's files into folder `path`; to `gs://` through a temporary local folder (they are
+    small), uploaded file by file."""
+    if not gcs.is_gcs(path):
+        tokenizer.save_pretrained(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="ia_jax_tokenizer_") as local:
+        tokenizer.save_pretrained(local)
+        gcs.upload_dir(local, path)
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

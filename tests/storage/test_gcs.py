@@ -125,3 +125,60 @@ def test_cache_path_mirrors_bucket_and_prefix(monkeypatch, tmp_path):
     monkeypatch.delenv("IA_JAX_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert gcs.cache_path("gs://bucket/x") == os.path.join(str(tmp_path), "xdg", "ia_jax", "gcs", "bucket", "x")
+
+
+def test_ranged_reader_reads_exactly_the_asked_bytes_in_parallel_chunks(gcs_root):
+    data = os.urandom(300_000)
+    uri = f"{gcs_root}/weights/blob.bin"
+    with gcs.open_writer(uri) as f:
+        f.write(data)
+    reader = gcs.RangedReader(uri)
+    assert reader.size == len(data)
+    for start, length in [(0, 8), (8, 1000), (123_457, 99_999), (len(data) - 1, 1), (17, 0), (0, len(data))]:
+        assert bytes(reader.read(start, length)) == data[start : start + length]
+    chunked = gcs.RangedReader(uri, chunk_bytes=7_000, workers=4)  # 43 requests, 4 at a time, one buffer
+    assert bytes(chunked.read(1, len(data) - 2)) == data[1:-1]
+    with pytest.raises(ValueError, match=rf"^{uri}: byte range \[299999, 300001\) is outside the object "
+                                         r"\(300000 bytes\)"):
+        reader.read(len(data) - 1, 2)
+    with pytest.raises(FileNotFoundError, match=rf"^{gcs_root}/weights/absent.bin: not found"):
+        gcs.RangedReader(f"{gcs_root}/weights/absent.bin")
+    with pytest.raises(FileNotFoundError, match=r"^gs://no-such-bucket/x.bin: not found"):
+        gcs.RangedReader("gs://no-such-bucket/x.bin")
+
+
+def test_open_writer_streams_a_resumable_upload_that_appears_only_when_complete(gcs_root):
+    uri = f"{gcs_root}/out/stream.bin"
+    chunk = 256 * 1024
+    first = os.urandom(3 * chunk + 12_345)
+    with gcs.open_writer(uri, chunk_size=chunk) as f:  # several chunk requests, then the final one
+        for piece in range(0, len(first), 100_000):
+            f.write(memoryview(first)[piece : piece + 100_000])
+    assert gcs.RangedReader(uri).read(0, len(first)) == first
+
+    # Failing after chunks went out (and before any did) cancels the upload: the earlier object stays.
+    for size in (2 * chunk + 1, 10):
+        with pytest.raises(RuntimeError, match="producer failed"), gcs.open_writer(uri, chunk_size=chunk) as f:
+            f.write(os.urandom(size))
+            raise RuntimeError("producer failed")
+        assert gcs.RangedReader(uri).read(0, len(first)) == first
+    with (pytest.raises(FileNotFoundError, match=r"^gs://no-such-bucket/x.bin: not found"),
+          gcs.open_writer("gs://no-such-bucket/x.bin", chunk_size=chunk) as f):
+        f.write(os.urandom(chunk + 1))
+
+
+def test_join_list_dir_delete_and_filtered_download(gcs_root, tmp_path):
+    assert gcs.join("gs://b/run/", "a", "x.json") == "gs://b/run/a/x.json" == gcs.join("gs://b/run", "a/x.json")
+    _make_tree(tmp_path / "source", NESTED)
+    gcs.upload_dir(str(tmp_path / "source"), f"{gcs_root}/tree")
+    gcs.write_text(f"{gcs_root}/tree2/other.txt", "not in tree")
+    assert gcs.list_dir(f"{gcs_root}/tree") == ["empty.bin", "top.txt"]  # not a/..., not tree2
+    assert gcs.list_dir(f"{gcs_root}/tree/a/") == ["é ✓.json"]
+    gcs.download_dir(f"{gcs_root}/tree", str(tmp_path / "some"), include=lambda name: name.endswith(".json"))
+    assert _tree(tmp_path / "some") == {os.path.join("a", "é ✓.json"): NESTED[os.path.join("a", "é ✓.json")]}
+    with pytest.raises(FileNotFoundError, match=rf"^{gcs_root}/tree: no objects in this folder that are asked for"):
+        gcs.download_dir(f"{gcs_root}/tree", str(tmp_path / "none"), include=lambda name: False)
+    gcs.delete(f"{gcs_root}/tree/top.txt")
+    assert gcs.list_dir(f"{gcs_root}/tree") == ["empty.bin"]
+    with pytest.raises(FileNotFoundError, match=rf"^{gcs_root}/tree/top.txt: not found"):
+        gcs.delete(f"{gcs_root}/tree/top.txt")
