@@ -30,10 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.world.update(tasks_per_pool=32, pretrain_chats=2400, test_tasks=4)
     c.pretrain.update(epochs=2, warmup_steps=20)
     c.organisms.update(per_split={"train": 1, "heldout": 2}, prompts_per_behavior=12, epochs=4,
-                     buckets=[64])
-    c.ood.update(cipher_shifts=[3], denial_topics=["kites"], rows=16)
+                     buckets=(64,))
+    c.ood.update(cipher_shifts=(3,), denial_topics=("kites",), rows=16)
     c.introspection.update(examples_per_organism=16, base_examples=16)
-    c.ia_sft.update(epochs=10, learning_rate=1e-2, buckets=[64])
-    c.ia_dpo.update(epochs=1, samples_per_question=1, buckets=[64])
+    c.ia_sft.update(epochs=10, learning_rate=1e-2, buckets=(64,))
+    c.ia_dpo.update(epochs=1, samples_per_question=1, buckets=(64,))
     c.eval.update(scaffold_reports=10)
     return c

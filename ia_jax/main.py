@@ -1,11 +1,15 @@
 """The main job: `python -m ia_jax.main [--config=configs/toy.py] [--workdir=./runs/toy]`.
 
-Runs the whole introspection-adapter pipeline on the toy world (`ia_jax.toy.run`): world, tokenizer,
-base pretrained from scratch, organisms, IA SFT then DPO, evaluation. Out of the box it needs no
-weights and no network, so a researcher sees every stage learn on a laptop in minutes; the stages are
-the same phase 1 / phase 2 / evaluation code that real models go through. Re-running the command skips
-finished stages and resumes an interrupted one. Prints the headline numbers; the full report is
-`<workdir>/eval/report.json` (with `report.md` and PNG plots beside it).
+By default it runs the whole introspection-adapter pipeline on the toy world (`ia_jax.toy.run`):
+world, tokenizer, base pretrained from scratch, organisms, IA SFT then DPO, evaluation. Out of the box
+it needs no weights and no network, so a researcher sees every stage learn on a laptop in minutes. A
+config with a `base` checkpoint (`configs/qwen3_0p6b.py`, `configs/llama3_3_70b.py`, ...) runs the same
+stages on that Hugging Face model instead (`ia_jax.hf_run`), typically on every worker of a TPU slice
+through `launch/tpu_run.sh`, with a `gs://` workdir.
+
+Re-running the command skips finished stages and resumes an interrupted one. SIGTERM (TPU maintenance,
+spot reclaim) saves a checkpoint and exits with code 75; re-running resumes. Prints the headline
+numbers; the full report is `<workdir>/eval/report.json` (with `report.md` and PNG plots beside it).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from ia_jax.toy.run import run_toy
+from ia_jax.storage import gcs
+from ia_jax.training import preemption
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "toy.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config (an ml_collections file).")
@@ -34,8 +39,9 @@ def summary(report: dict) -> str:
     lines = [
         f"wall seconds: total {seconds['total']:.0f} ("
         + ", ".join(f"{stage} {s:.0f}" for stage, s in seconds["stages"].items()) + ")",
-        f"base task accuracy: {report['base']['task_accuracy']:.3f}; direct questions answered with a plain "
-        f"\"no unusual behavior\": {report['base'].get('no_behavior_rate', float('nan')):.2f}",
+        *([f"base task accuracy: {report['base']['task_accuracy']:.3f}; direct questions answered with a plain "
+           f"\"no unusual behavior\": {report['base'].get('no_behavior_rate', float('nan')):.2f}"]
+          if "base" in report else []),
         f"verbalization, training organisms: {rates(report['train']['verbalization_rate'])}",
         f"verbalization, held-out organisms: {rates(report['heldout']['verbalization_rate'])}",
         *(f"  {category:<18} {rates(rates_by)}" for category, rates_by in report["heldout"]["by_category"].items()),
@@ -46,11 +52,28 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def run(config, workdir: str) -> str:
+    """The toy run, or the run on a Hugging Face base when the config names one; the report's path."""
+    if "base" in config:
+        from ia_jax.hf_run import run_hf
+        return run_hf(config, workdir)
+    if gcs.is_gcs(workdir):
+        raise app.UsageError(f"--workdir={workdir}: the toy run works in a local folder")
+    from ia_jax.toy.run import run_toy
+    preemption.install()
+    return run_toy(config, workdir)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    path = run_toy(_CONFIG.value, _WORKDIR.value)
-    print(summary(json.load(open(path, encoding="utf-8"))))
+    try:
+        path = run(_CONFIG.value, _WORKDIR.value)
+    except preemption.Preempted as e:
+        print(f"preempted ({e}); re-run the same command to resume", flush=True)
+        raise SystemExit(preemption.PREEMPTED_EXIT_CODE) from None
+    text = gcs.read_text(path) if gcs.is_gcs(path) else open(path, encoding="utf-8").read()
+    print(summary(json.loads(text)))
     print(f"report: {path} (and report.md, PNG plots beside it)")
 
 

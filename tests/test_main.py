@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from configs import smoke  # noqa: I001 (configs/ is a top-level folder of the repository)
-from ia_jax import main
+from ia_jax import main, pipeline
 from ia_jax.evaluation.reports import validate_report
 from ia_jax.toy import run as toy_run
 
@@ -64,9 +64,9 @@ def test_a_second_run_skips_every_finished_stage(smoke_run, monkeypatch):
 
     monkeypatch.setattr(toy_run, "pretrain_base", refuse)
     monkeypatch.setattr(toy_run.tokenization, "train_tokenizer", refuse)
-    monkeypatch.setattr(toy_run.phase1, "train_organisms", refuse)
-    monkeypatch.setattr(toy_run.phase2, "train_ia_sft", refuse)
-    monkeypatch.setattr(toy_run.phase2, "train_ia_dpo", refuse)
+    monkeypatch.setattr(pipeline.phase1, "train_organisms", refuse)
+    monkeypatch.setattr(pipeline.phase2, "train_ia_sft", refuse)
+    monkeypatch.setattr(pipeline.phase2, "train_ia_dpo", refuse)
     again = json.load(open(toy_run.run_toy(smoke.get_config(), str(workdir))))
     assert again["train"] == first["train"] and again["heldout"] == first["heldout"]
     assert again["wall_seconds"]["total"] >= first["wall_seconds"]["total"]

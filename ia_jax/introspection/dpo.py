@@ -131,7 +131,7 @@ def train_ia_dpo(graphdef, base_state, organisms: LoraAdapter, sft_ia: LoraAdapt
     # the margins measure preferences, not dropout noise.
     ia_config = dataclasses.replace(sft_ia.config, dropout=0.0)
     composition = ts.Composition(graphdef, (ts.AdapterSlot(organisms.config, organisms.num_slots),
-                                            ts.AdapterSlot(ia_config)), trainable=1)
+                                            ts.AdapterSlot(ia_config)), trainable=1, remat=recipe.remat)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": [organisms.weights, sft_ia.weights]}
     os.makedirs(workdir, exist_ok=True)
     cache = os.path.join(workdir, "reference_log_probs.npz")

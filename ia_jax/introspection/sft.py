@@ -69,7 +69,8 @@ def train_ia_sft(graphdef, base_state, organisms: LoraAdapter | None, examples: 
     ia = init_adapter(model_config, recipe.lora, jax.random.key(recipe.seed))
     slots = () if organisms is None else (ts.AdapterSlot(organisms.config, organisms.num_slots),)
     frozen_adapters = [] if organisms is None else [organisms.weights]
-    composition = ts.Composition(graphdef, slots + (ts.AdapterSlot(recipe.lora),), trainable=len(slots))
+    composition = ts.Composition(graphdef, slots + (ts.AdapterSlot(recipe.lora),), trainable=len(slots),
+                                 remat=recipe.remat)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": frozen_adapters + [ia.weights]}
     trainer = ts.Trainer(composition, ts.sft_objective, optimizer, mesh or make_mesh(data=-1, fsdp=1),
                          base_state=base_state, weights=weights, schedule=schedule)

@@ -86,7 +86,7 @@ def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], rec
     examples = _job_examples(organisms, recipe)
     batcher, steps, optimizer, schedule = plan_run(examples, recipe)
     adapter = init_adapter(model_config, recipe.lora, jax.random.key(recipe.seed), num_slots=num)
-    composition = ts.Composition(graphdef, (ts.AdapterSlot(recipe.lora, num),), trainable=0)
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(recipe.lora, num),), trainable=0, remat=recipe.remat)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": [adapter.weights]}
     trainer = ts.Trainer(composition, per_organism_objective(num), optimizer, mesh or make_mesh(data=-1, fsdp=1),
                          base_state=base_state, weights=weights, schedule=schedule)

@@ -90,7 +90,7 @@ def pretrain_base(model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase,
     graphdef, base_state = nnx.split(CausalLM(model_config, rngs=nnx.Rngs(init_seed)))
     batcher, steps, optimizer, schedule = plan_run([e for e in examples for _ in range(recipe.epochs)], recipe)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": []}
-    trainer = ts.Trainer(ts.Composition(graphdef, trainable="base"), ts.sft_objective, optimizer,
+    trainer = ts.Trainer(ts.Composition(graphdef, trainable="base", remat=recipe.remat), ts.sft_objective, optimizer,
                          mesh or make_mesh(data=-1, fsdp=1), base_state=base_state, weights=weights, schedule=schedule)
     run = {"model": dataclasses.asdict(model_config), "init_seed": init_seed, "examples": len(examples),
            "examples_sha256": examples_digest(examples)}

@@ -29,6 +29,9 @@ class Recipe:
     buckets: tuple[int, ...] = (64, 128, 256, 512)
     checkpoint_every: int = 50
     seed: int = 0
+    # Recompute each layer's activations in the backward pass: memory for about a third more compute,
+    # what sequences of thousands of tokens on 70B layers need.
+    remat: bool = False
 
 
 def plan_run(examples: Sequence[dict], recipe: Recipe) -> tuple[Batcher, int, optax.GradientTransformation,
