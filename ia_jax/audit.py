@@ -29,6 +29,7 @@ from ia_jax.sampling.chat import BASE
 from ia_jax.sampling.sampler import SamplingParams
 
 ORGANISM = "organism"
+DEFAULT_OUT = "./audit"
 
 
 def audit(model_dir: str, *, adapter: str | None, ia: str | None, use_ia: bool, questions: Sequence[str],
@@ -54,11 +55,9 @@ def audit(model_dir: str, *, adapter: str | None, ia: str | None, use_ia: bool, 
     return reports, top
 
 
-_ADAPTER = flags.DEFINE_string("adapter", None, "Organism on top of --model: a PEFT directory or a full checkpoint.")
 _NO_IA = flags.DEFINE_bool("no_ia", False, "Ask without the IA (the baseline).")
 _QUESTIONS = flags.DEFINE_string("questions", "direct", "direct, investigation, all, or a .txt/.json file.")
 _SAMPLES = flags.DEFINE_integer("samples", 20, "Times each question is asked.")
-_OUT = flags.DEFINE_string("out", "./audit", "Output directory.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Predictions in the summary.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
@@ -74,9 +73,10 @@ def main(argv):
     params = SamplingParams(max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
                             seed=_SEED.value)
     try:
-        _, top = audit(model_flags.MODEL.value, adapter=_ADAPTER.value, ia=model_flags.IA.value,
+        _, top = audit(model_flags.MODEL.value, adapter=model_flags.ADAPTER.value, ia=model_flags.IA.value,
                        use_ia=not _NO_IA.value, questions=load_questions(_QUESTIONS.value), samples=_SAMPLES.value,
-                       params=params, out_dir=_OUT.value, top_k=_TOP_K.value, batch_size=_BATCH.value,
+                       params=params, out_dir=model_flags.OUT.value or DEFAULT_OUT, top_k=_TOP_K.value,
+                       batch_size=_BATCH.value,
                        dtype=model_flags.DTYPE.value, template_kwargs=model_flags.template_kwargs(),
                        full_rank=model_flags.FULL_RANK.value)
     except ValueError as e:

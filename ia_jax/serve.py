@@ -227,8 +227,6 @@ def build_engine(model_dir: str, organisms: dict[str, str], ia_dir: str | None, 
     return BatchingEngine(chat, has_ia=ia_dir is not None, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
 
 
-_ORGANISMS = flags.DEFINE_string("organisms", None, "Comma-separated NAME=DIR organisms: PEFT adapter directories, "
-                                 "or full fine-tuned checkpoints of --model (imported as rank --full_rank LoRAs).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 16, "Most requests sampled together.")
@@ -241,7 +239,7 @@ def main(argv):
     del argv
     if not model_flags.MODEL.value:
         raise app.UsageError("--model is required")
-    engine = build_engine(model_flags.MODEL.value, parse_organisms(_ORGANISMS.value), model_flags.IA.value,
+    engine = build_engine(model_flags.MODEL.value, parse_organisms(model_flags.ORGANISMS.value), model_flags.IA.value,
                           max_batch=_MAX_BATCH.value, batch_wait_ms=_BATCH_WAIT_MS.value, dtype=model_flags.DTYPE.value,
                           max_prompt=_MAX_PROMPT.value, template_kwargs=model_flags.template_kwargs(),
                           full_rank=model_flags.FULL_RANK.value)

@@ -65,7 +65,7 @@ def _architecture(config: ModelConfig) -> dict:
     return flat
 
 
-def _check_same_architecture(config: ModelConfig, path: str, reference: str) -> None:
+def check_same_architecture(config: ModelConfig, path: str, reference: str) -> None:
     expected, actual = _architecture(config), _architecture(load_hf_config(path))
     for field, value in expected.items():
         if actual[field] != value:
@@ -126,8 +126,8 @@ def extract_lora(base_path: str, finetuned_path: str, *, rank: int, targets: Seq
         model_config, reference = load_hf_config(base_path), os.path.join(base_path, "config.json")
     else:
         reference = "the given model_config"
-        _check_same_architecture(model_config, base_path, reference)
-    _check_same_architecture(model_config, finetuned_path, reference)
+        check_same_architecture(model_config, base_path, reference)
+    check_same_architecture(model_config, finetuned_path, reference)
 
     _, state = nnx.split(nnx.eval_shape(lambda: CausalLM(model_config, rngs=nnx.Rngs(0))))
     layouts = [layout for _, _, layout in weight_layouts(state)]
