@@ -3,8 +3,9 @@
 Re-running the same command resumes from the latest checkpoint in `checkpointer`'s directory (the
 train state and the data position), so an interrupted run, SIGKILL included, ends where an
 uninterrupted one would. SIGTERM (a TPU maintenance event or spot reclaim) saves the step just
-finished and raises `preemption.Preempted`, so the re-run loses nothing. Metrics are fetched from the device only every `log_every` steps, so the
-host never waits on the device inside the loop otherwise.
+finished and raises `preemption.Preempted`, so the re-run loses nothing. Metrics are fetched from
+the device only every `log_every` steps, so the host never waits on the device inside the loop
+otherwise.
 """
 
 from __future__ import annotations
