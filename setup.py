@@ -21,6 +21,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.9",
         "sentencepiece>=0.2",
         "google-cloud-storage>=2.18",
+        "gcsfs>=2024.2",  # orbax (through etils epath) writes gs:// checkpoints with it when TensorFlow is absent
         "absl-py>=2.1",
         "ml-collections>=1.0",
         "safetensors>=0.4.5",

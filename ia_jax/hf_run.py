@@ -230,9 +230,11 @@ def _judges(config: ConfigDict, mesh, tokenizer, model):
     return make(JUDGE_PROMPT), TeacherJudge(adherence=make(ADHERENCE_PROMPT), disclosure=make(DISCLOSURE_PROMPT))
 
 
-def run_hf(config: ConfigDict, workdir: str) -> str:
-    """Runs (or resumes) every stage; returns the path of `eval/report.json` (under `workdir`)."""
-    distributed.initialize()
+def run_hf(config: ConfigDict, workdir: str, *, coordinator_address: str | None = None,
+           num_processes: int | None = None, process_id: int | None = None) -> str:
+    """Runs (or resumes) every stage; returns the path of `eval/report.json` (under `workdir`). On a TPU
+    slice every worker runs this and JAX finds the others; elsewhere pass the coordinator's address."""
+    distributed.initialize(coordinator_address, num_processes, process_id)
     plan = validate(config, jax.device_count())
     if not config.base.checkpoint:
         _fail("base.checkpoint", "required: a Hugging Face checkpoint directory, local or gs://")

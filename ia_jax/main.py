@@ -25,7 +25,11 @@ from ia_jax.training import preemption
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "toy.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config (an ml_collections file).")
-_WORKDIR = flags.DEFINE_string("workdir", "./runs/toy", "Where every stage writes its artifacts.")
+_WORKDIR = flags.DEFINE_string("workdir", "./runs/toy", "Where every stage writes its artifacts (local or gs://).")
+# Multi-process runs off TPU (GPU hosts, CPU processes in tests); TPU pods find all of this themselves.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 _VARIANTS = ("without_ia", "with_ia_sft", "with_ia_dpo")
 
@@ -52,13 +56,17 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(config, workdir: str) -> str:
-    """The toy run, or the run on a Hugging Face base when the config names one; the report's path."""
+def run(config, workdir: str, **distributed) -> str:
+    """The toy run, or the run on a Hugging Face base when the config names one; the report's path.
+    `distributed` (coordinator_address, num_processes, process_id) joins a multi-process run off TPU."""
     if "base" in config:
         from ia_jax.hf_run import run_hf
-        return run_hf(config, workdir)
+        return run_hf(config, workdir, **distributed)
     if gcs.is_gcs(workdir):
         raise app.UsageError(f"--workdir={workdir}: the toy run works in a local folder")
+    if any(value is not None for value in distributed.values()):
+        raise app.UsageError("--coordinator_address, --num_processes and --process_id are for runs on a Hugging "
+                             "Face base; the toy run is one process")
     from ia_jax.toy.run import run_toy
     preemption.install()
     return run_toy(config, workdir)
@@ -68,7 +76,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        path = run(_CONFIG.value, _WORKDIR.value)
+        path = run(_CONFIG.value, _WORKDIR.value, coordinator_address=_COORDINATOR.value,
+                   num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
     except preemption.Preempted as e:
         print(f"preempted ({e}); re-run the same command to resume", flush=True)
         raise SystemExit(preemption.PREEMPTED_EXIT_CODE) from None

@@ -5,6 +5,10 @@ Face checkpoint. Each checkpoint carries a fingerprint of the run's config, so r
 different model, adapter or batch layout fails with the differing fields named instead of silently
 restoring mismatched weights. Orbax writes into a temporary directory and renames it when complete,
 so a process killed mid-save leaves the previous checkpoint as the latest.
+
+The directory may be `gs://`: orbax writes there itself (see `ia_jax.storage.native_gcs`), every process
+of a pod its own shards into the one step directory, and a step counts once its `commit_success.txt`
+exists (GCS has no atomic rename), which the primary process writes after all processes finished.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 from etils import epath
+
+from ia_jax.storage import native_gcs, workdir
 
 
 class CheckpointMismatchError(ValueError):
@@ -27,8 +33,11 @@ def _normalise(fingerprint: dict) -> dict:
 
 class Checkpointer:
     def __init__(self, directory: str, *, fingerprint: dict, save_every: int, keep: int = 3):
+        # A workdir mirrored from gs:// keeps its checkpoints on gs:// (every host of a pod writes there).
+        directory = workdir.remote_path(directory)
         # orbax refuses relative paths; a local workdir given as "./runs/toy" must still work.
         self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
+        native_gcs.prepare(self.directory)
         self.fingerprint = _normalise(fingerprint)
         self.manager = ocp.CheckpointManager(
             epath.Path(self.directory),
