@@ -141,9 +141,10 @@ def memory_estimate_gib(config: ConfigDict, stage: str, sizes: dict[str, int], o
     return (weights + adapters + kept + logits) / 2**30
 
 
-def validate(config: ConfigDict, devices: int | None = None) -> dict:
-    """Checks `config` for `devices` devices (default `config.hardware.devices`) without weights; returns
-    the plan: mesh sizes, hosts, and the memory estimate per stage in GiB. Fails naming the field."""
+def validate(config: ConfigDict, devices: int | None = None, hosts: int | None = None) -> dict:
+    """Checks `config` for `devices` devices on `hosts` processes (default: `config.hardware`) without
+    weights; returns the plan: mesh sizes, hosts, and the memory estimate per stage in GiB. Fails
+    naming the field."""
     devices = devices or config.hardware.devices
     arch = config.architecture
     for field in _ARCHITECTURE:
@@ -162,10 +163,11 @@ def validate(config: ConfigDict, devices: int | None = None) -> dict:
             _fail("mesh.tensor", f"{sizes['tensor']} does not divide architecture.{field}={arch[field]}")
     if arch.hidden_size % sizes["fsdp"]:
         _fail("mesh.fsdp", f"{sizes['fsdp']} does not divide architecture.hidden_size={arch.hidden_size}")
-    per_host = min(config.hardware.devices_per_host, devices)
-    if devices % per_host:
-        _fail("hardware.devices_per_host", f"{per_host} does not divide {devices} devices")
-    hosts = devices // per_host
+    if hosts is None:
+        per_host = min(config.hardware.devices_per_host, devices)
+        if devices % per_host:
+            _fail("hardware.devices_per_host", f"{per_host} does not divide {devices} devices")
+        hosts = devices // per_host
     method_recipes(config)  # every stage's recipe builds (names a misspelt field)
     unknown = sorted(set(config.organisms) - set(ORGANISM_FIELDS) - {f for f in method_recipes(config)["organisms"]
                                                                      .__dataclass_fields__})
@@ -235,7 +237,11 @@ def run_hf(config: ConfigDict, workdir: str, *, coordinator_address: str | None 
     """Runs (or resumes) every stage; returns the path of `eval/report.json` (under `workdir`). On a TPU
     slice every worker runs this and JAX finds the others; elsewhere pass the coordinator's address."""
     distributed.initialize(coordinator_address, num_processes, process_id)
-    plan = validate(config, jax.device_count())
+    if jax.device_count() != config.hardware.devices:
+        sized_for = config.hardware.accelerator or "the slice the recipe is sized for"
+        _fail("hardware.devices", f"{config.hardware.devices} ({sized_for}), but this job sees {jax.device_count()} "
+              "devices; on another slice pass --config.hardware.devices (and a mesh that fits) explicitly")
+    plan = validate(config, jax.device_count(), hosts=jax.process_count())
     if not config.base.checkpoint:
         _fail("base.checkpoint", "required: a Hugging Face checkpoint directory, local or gs://")
     preemption.install()

@@ -98,3 +98,12 @@ def test_a_checkpoint_of_another_model_is_refused_by_field():
     with pytest.raises(hf_run.RunConfigError, match=r"config.architecture.hidden_size: 1024, but /ckpt/Qwen3-4B "
                                                      r"has 2560"):
         hf_run.check_architecture(other, config)
+
+
+def test_a_run_on_another_slice_is_refused_before_anything_loads(tmp_path):
+    """The tests see 8 devices; the 0.6B recipe is sized for the 4 chips of a v5p-8."""
+    config = load("qwen3_0p6b", "--config.base.checkpoint=/nowhere")
+    with pytest.raises(hf_run.RunConfigError, match=r"config.hardware.devices: 4 \(v5p-8\), but this job sees 8 "
+                                                     r"devices"):
+        hf_run.run_hf(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
