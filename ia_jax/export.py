@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,6 +43,7 @@ from ia_jax.models.hf_checkpoint import load_hf, save_hf
 from ia_jax.organisms.import_full import check_same_architecture
 from ia_jax.organisms.sources import load_organism
 from ia_jax.serve import IA_SUFFIX, parse_organisms
+from ia_jax.storage import gcs
 from ia_jax.storage.gcs import is_gcs
 
 _log = logging.getLogger(__name__)
@@ -146,7 +148,13 @@ def export_peft(base_dir: str, out_dir: str, *, organism: str | None = None, ia:
     if ia is not None:
         adapters.append(load_peft(ia, config))
     adapter = adapters[0] if len(adapters) == 1 else combine_adapters(adapters, config)
-    save_peft(adapter, out_dir, base_model_name_or_path=os.path.abspath(base_dir))
+    base_name = base_dir if is_gcs(base_dir) else os.path.abspath(base_dir)
+    if is_gcs(out_dir):  # a PEFT folder is two small files: written locally, then uploaded
+        with tempfile.TemporaryDirectory() as local:
+            save_peft(adapter, local, base_model_name_or_path=base_name)
+            gcs.upload_dir(local, out_dir)
+    else:
+        save_peft(adapter, out_dir, base_model_name_or_path=base_name)
     return adapter
 
 

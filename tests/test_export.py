@@ -105,6 +105,23 @@ def test_combined_adapter_is_exactly_organism_plus_ia_in_peft(world, tmp_path):
     assert relative_max_error(ours, world["logits"]["organism+ia"]) < 1e-5
 
 
+def test_exports_read_the_base_from_and_write_to_gs(world, gcs_root, tmp_path):
+    """A pod's base lives on gs://, and so can its exports: merged checkpoints stream up tensor by tensor."""
+    from ia_jax.storage import gcs
+
+    base = f"{gcs_root}/base"
+    gcs.upload_dir(world["base_dir"], base)
+    export.export_merged(base, f"{gcs_root}/merged", organism=world["organism_dir"], ia=world["ia_dir"])
+    export.export_peft(base, f"{gcs_root}/peft", organism=world["organism_dir"], ia=world["ia_dir"])
+    gcs.download_dir(f"{gcs_root}/merged", str(tmp_path / "merged"))
+    gcs.download_dir(f"{gcs_root}/peft", str(tmp_path / "peft"))
+    assert relative_max_error(_hf_logits(str(tmp_path / "merged")), world["logits"]["organism+ia"]) < 1e-4
+    assert relative_max_error(_hf_logits(world["base_dir"], str(tmp_path / "peft")),
+                              world["logits"]["organism+ia"]) < 1e-4
+    with open(tmp_path / "peft" / "adapter_config.json") as f:
+        assert json.load(f)["base_model_name_or_path"] == base
+
+
 def test_vllm_layout_has_every_adapter_and_each_loads_in_peft(world, tmp_path):
     out = tmp_path / "layout"
     second = _random_adapter(world["base"].config, lora.LoraConfig(rank=8, alpha=16.0, targets=("o", "gate")), 3)
