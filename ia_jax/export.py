@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from ia_jax import model_flags
+from ia_jax import model_flags, tokenization
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig
 from ia_jax.lora.merge import merge
 from ia_jax.lora.peft_io import CONFIG_FILE, load_peft, save_peft, stack_adapters
@@ -69,7 +69,13 @@ def _same_place(a: str, b: str) -> bool:
 
 def _base_tokenizer(base_dir: str):
     """The base's tokenizer, or None (with a warning) where the base has none."""
-    if is_gcs(base_dir) or not any(os.path.exists(os.path.join(base_dir, f)) for f in _TOKENIZER_FILES):
+    if is_gcs(base_dir):  # the tokenizer's small files come down to the local cache; the weights never do
+        try:
+            return tokenization.load_tokenizer(base_dir)
+        except (ValueError, OSError) as e:
+            _log.warning("%s: no usable tokenizer (%s); the export carries none", base_dir, e)
+            return None
+    if not any(os.path.exists(os.path.join(base_dir, f)) for f in _TOKENIZER_FILES):
         _log.warning("%s: no tokenizer files; the export carries none", base_dir)
         return None
     from transformers import AutoTokenizer
