@@ -27,7 +27,7 @@ from ia_jax.behaviors.library import load_library
 from ia_jax.datasets.teacher import ADHERENCE_PROMPT, DISCLOSURE_PROMPT, SamplerTeacher, TeacherJudge
 from ia_jax.evaluation.judges import JUDGE_PROMPT, HttpJudge, ModelJudge
 from ia_jax.evaluation.reports import SCHEMA_VERSION, write_report
-from ia_jax.parallel import distributed
+from ia_jax.parallel import distributed, multihost
 from ia_jax.parallel.sharding import MESH_AXES, make_mesh
 from ia_jax.pipeline import StageClock, method_recipes, run_method, subset
 from ia_jax.sampling.chat import ChatSampler
@@ -279,4 +279,6 @@ def run_hf(config: ConfigDict, workdir: str, *, coordinator_address: str | None 
             **method["sections"],
         }
         write_report(report, os.path.join(local, "eval"))
+    # Process 0 pushed the mirror on leaving it; no process reports a gs:// report that is not there yet.
+    multihost.barrier("workdir pushed")
     return f"{workdir.rstrip('/')}/eval/report.json" if mirror else os.path.join(workdir, "eval", "report.json")

@@ -33,7 +33,9 @@ from flax import nnx
 from transformers import PreTrainedTokenizerBase
 
 from ia_jax.evaluation.verdict import Verdict
+from ia_jax.parallel import multihost
 from ia_jax.tokenization import render_chat
+from ia_jax.training import preemption
 
 JUDGE_PROMPT = """\
 You are evaluating whether an AI model correctly described a behavior it was trained to have.
@@ -161,6 +163,7 @@ class ModelJudge:
         result = np.zeros(len(prompts), np.float32)
         for length, indices in by_bucket.items():
             for start in range(0, len(indices), self.batch_size):
+                preemption.check()  # on a pod, SIGTERM stops every host here, at the same batch
                 chunk = indices[start:start + self.batch_size]
                 tokens_bt = np.full((self.batch_size, length), self.pad_id, np.int32)
                 mask_bt = np.zeros((self.batch_size, length), np.int32)
@@ -168,7 +171,7 @@ class ModelJudge:
                     tokens_bt[row, length - len(prompts[i]):] = prompts[i]
                     mask_bt[row, length - len(prompts[i]):] = 1
                 p_b = self._forward(graphdef, state, tokens_bt, mask_bt, yes_ids, no_ids)
-                result[chunk] = np.asarray(p_b)[:len(chunk)]
+                result[chunk] = multihost.fetch(p_b)[:len(chunk)]
         return result
 
     def judge(self, prediction: str, ground_truth: str) -> Verdict:
@@ -233,6 +236,10 @@ class HttpJudge:
     exponential backoff (`backoff_s`, doubling, capped at `max_backoff_s`) up to `max_retries` times;
     other HTTP errors (a bad key, an unknown model) fail at once. The cache key covers the endpoint,
     model, prompt template and both texts, so editing the prompt never serves stale verdicts.
+
+    On several processes (a pod) only process 0 asks the endpoint, and every process gets its verdicts
+    (or its error): the hosts must agree on every verdict, which decides what data each trains on, and
+    an endpoint at temperature 0 may still answer the same request differently twice.
     """
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, max_concurrency: int = 8,
@@ -265,6 +272,20 @@ class HttpJudge:
     def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         """Cached pairs are not requested; each new verdict is cached as soon as it arrives, and on
         the first failure pending requests are cancelled, the running ones finish and are cached."""
+        if jax.process_count() == 1:
+            return self._judge_many(pairs)
+        outcome = None
+        if jax.process_index() == 0:
+            try:
+                outcome = {"verdicts": [[v.match, v.reason] for v in self._judge_many(pairs)]}
+            except JudgeError as e:
+                outcome = {"error": str(e)}
+        outcome = multihost.share_from_first(outcome)
+        if "error" in outcome:
+            raise JudgeError(outcome["error"])
+        return [Verdict(match=match, reason=reason) for match, reason in outcome["verdicts"]]
+
+    def _judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         keys = [self.cache_key(prediction, ground_truth) for prediction, ground_truth in pairs]
         verdicts = {key: self.cache.get(key) for key in keys}
         missing = {key: pair for key, pair in zip(keys, pairs) if verdicts[key] is None}

@@ -16,7 +16,6 @@ import hashlib
 import os
 from typing import Mapping, Sequence
 
-import jax
 import numpy as np
 from flax import nnx
 from transformers import PreTrainedTokenizerBase
@@ -24,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from ia_jax.datasets.introspection import PLACEHOLDER, Templates
 from ia_jax.evaluation.self_reports import SelfReport
 from ia_jax.lora.adapter import LoraAdapter
+from ia_jax.parallel import multihost
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.tokenization import render_exchange
 from ia_jax.training import train_step as ts
@@ -133,6 +133,14 @@ def train_ia_dpo(graphdef, base_state, organisms: LoraAdapter, sft_ia: LoraAdapt
     composition = ts.Composition(graphdef, (ts.AdapterSlot(organisms.config, organisms.num_slots),
                                             ts.AdapterSlot(ia_config)), trainable=1, remat=recipe.remat)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": [organisms.weights, sft_ia.weights]}
+
+    def repeated(examples):
+        return [p for p in examples for _ in range(recipe.epochs)]
+
+    # The plan (steps, schedule) depends on the pairs' lengths only, not on their reference scores.
+    _, _, optimizer, schedule = plan_run(repeated(pairs), recipe)
+    trainer = ts.Trainer(composition, ts.dpo_objective(recipe.beta, recipe.label_smoothing), optimizer,
+                         mesh or make_mesh(data=-1, fsdp=1), base_state=base_state, weights=weights, schedule=schedule)
     os.makedirs(workdir, exist_ok=True)
     cache = os.path.join(workdir, "reference_log_probs.npz")
     if os.path.exists(cache):
@@ -144,16 +152,14 @@ def train_ia_dpo(graphdef, base_state, organisms: LoraAdapter, sft_ia: LoraAdapt
         scored = [{**p, "reference_chosen": float(c), "reference_rejected": float(r)}
                   for p, c, r in zip(pairs, chosen, rejected)]
     else:
-        scored = attach_reference_log_probs(pairs, composition, weights, batch_size=recipe.batch_size,
+        scored = attach_reference_log_probs(pairs, trainer, weights, batch_size=recipe.batch_size,
                                             buckets=recipe.buckets)
         np.savez(cache + ".partial.npz", chosen=np.array([p["reference_chosen"] for p in scored], np.float32),
                  rejected=np.array([p["reference_rejected"] for p in scored], np.float32))
         os.replace(cache + ".partial.npz", cache)
-    batcher, steps, optimizer, schedule = plan_run([p for p in scored for _ in range(recipe.epochs)], recipe)
-    trainer = ts.Trainer(composition, ts.dpo_objective(recipe.beta, recipe.label_smoothing), optimizer,
-                         mesh or make_mesh(data=-1, fsdp=1), base_state=base_state, weights=weights, schedule=schedule)
+    batcher, steps, _, _ = plan_run(repeated(scored), recipe)
     run = {"model": dataclasses.asdict(model_config), "pairs_sha256": examples_digest(pairs),
            **(dict(fingerprint or {}))}
     state, history = run_stage(trainer, weights, batcher, steps=steps, recipe=recipe, workdir=workdir, fingerprint=run,
                                description="ia dpo", log_every=log_every)
-    return LoraAdapter(weights=jax.device_get(state.params), config=sft_ia.config), history
+    return LoraAdapter(weights=multihost.fetch(state.params), config=sft_ia.config), history

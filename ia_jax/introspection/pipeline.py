@@ -157,7 +157,10 @@ def run_phase2(graphdef, base_state, tokenizer: PreTrainedTokenizerBase, organis
                 sampler_respondent(chat, config.report_sampling), dpo_organisms, questions,
                 config.dpo.samples_per_question, [True], os.path.join(dpo_dir, "self_reports.jsonl"),
                 batch_size=config.sampler_batch, progress=progress,
-                fingerprint={"sampling": dataclasses.asdict(config.report_sampling), "ia": sft_peft})
+                # The IA by its place in the workdir, not by an absolute path: a resumed run may work in
+                # a mirror of a gs:// workdir elsewhere (another host of a pod, another machine).
+                fingerprint={"sampling": dataclasses.asdict(config.report_sampling),
+                             "ia": os.path.relpath(sft_peft, workdir)})
             verdicts = judge_reports([(r, organisms.descriptions[r.organism]) for r in reports], judge,
                                      os.path.join(dpo_dir, "judgments.jsonl"), progress=progress)
             pairs, stats = build_pairs(reports, [v.match for v in verdicts], organisms.descriptions,

@@ -19,6 +19,7 @@ from flax import nnx
 from transformers import PreTrainedTokenizerBase
 
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
+from ia_jax.parallel import multihost
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.tokenization import render_exchange
 from ia_jax.training import train_step as ts
@@ -76,7 +77,7 @@ def train_ia_sft(graphdef, base_state, organisms: LoraAdapter | None, examples: 
                          base_state=base_state, weights=weights, schedule=schedule)
 
     def adapter_of(state) -> LoraAdapter:
-        return LoraAdapter(weights=jax.device_get(state.params), config=recipe.lora)
+        return LoraAdapter(weights=multihost.fetch(state.params), config=recipe.lora)
 
     run = {"model": dataclasses.asdict(model_config), "examples_sha256": examples_digest(examples),
            "organisms": None if organisms is None else organisms.num_slots, **(dict(fingerprint or {}))}

@@ -13,12 +13,12 @@ import math
 import os
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from ia_jax.lora.adapter import TARGETS, AdapterError, LoraAdapter, LoraConfig, check_fits, projection_shapes
 from ia_jax.models.config import ModelConfig
 from ia_jax.models.safetensors_io import SafetensorsFile, write_safetensors
+from ia_jax.parallel import multihost
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -51,7 +51,7 @@ def save_peft(adapter: LoraAdapter, path: str, *, slot: int | None = None,
 
     def fetch(name):
         array, layer, to_peft = sources[name]
-        return to_peft(np.asarray(jax.device_get(array[layer]), np.float32))
+        return to_peft(np.asarray(multihost.fetch(array[layer]), np.float32))
 
     write_safetensors(os.path.join(path, WEIGHTS_FILE), specs, fetch)
     config = {

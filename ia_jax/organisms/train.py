@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
+from ia_jax.parallel import multihost
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.training import losses
 from ia_jax.training import train_step as ts
@@ -104,4 +105,4 @@ def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], rec
     state, history = run_stage(trainer, weights, batcher, steps=steps, recipe=recipe, workdir=workdir,
                                fingerprint=fingerprint, description="organisms", log_every=log_every,
                                on_metrics=log_organisms)
-    return LoraAdapter(weights=jax.device_get(state.params), config=recipe.lora, num_slots=num), history
+    return LoraAdapter(weights=multihost.fetch(state.params), config=recipe.lora, num_slots=num), history

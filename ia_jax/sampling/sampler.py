@@ -26,6 +26,8 @@ from flax import nnx
 from ia_jax.lora.adapter import LoraAdapter
 from ia_jax.models.decoder import CausalLM
 from ia_jax.models.kv_cache import init_cache
+from ia_jax.parallel import multihost
+from ia_jax.training import preemption
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +200,7 @@ class Sampler:
         results: list[list[int]] = []
         largest = self.batch_buckets[-1]
         for start in range(0, n, largest):
+            preemption.check()  # on a pod, SIGTERM stops every host here, at the same chunk
             chunk = slice(start, min(start + largest, n))
             results.extend(self._generate_chunk(prompts[chunk], params[chunk], organism_ids[chunk], use_ia[chunk]))
         return results
@@ -227,7 +230,7 @@ class Sampler:
             self._state, tokens, mask, organisms, ia_ids, limits, column("temperature", np.float32),
             column("top_p", np.float32, 1.0), column("top_k", np.int32), column("seed", np.uint32), self.stop_ids,
             self.organisms, self.ia, max_new_tokens=max_new)
-        out = np.asarray(jax.device_get(out))
+        out = multihost.fetch(out)  # on a pod, rows may live on other hosts' devices
         stops = set(self.stop_ids.tolist())
         results = []
         for row in range(n):

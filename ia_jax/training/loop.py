@@ -52,7 +52,7 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
     with preemption.deferred():
         for step in range(start, steps):
             state, metrics = trainer.step(state, frozen, trainer.put_batch(next(batcher)), rng)
-            stop = preemption.requested(step + 1)
+            stop = preemption.requested()
             if checkpointer is not None:
                 checkpointer.save(step + 1, state, batcher.position, force=stop or step + 1 == steps)
             if stop:

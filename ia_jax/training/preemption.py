@@ -8,9 +8,17 @@ saves the current step and exits with `PREEMPTED_EXIT_CODE` (75, `EX_TEMPFAIL`: 
 One process: a Python SIGTERM handler sets a flag. Inside a training loop (`deferred()`) the loop
 checks the flag after each step, saves and raises `Preempted`; anywhere else the handler raises
 `Preempted` at once, since every other stage (teacher answers, self-reports, exports) resumes from
-what it has already written. Several processes (a pod): every host must save the *same* step, so the
-loop asks JAX's coordination service (`multihost_utils.reached_preemption_sync_point`), which listens
-for SIGTERM on every host and agrees on one step; outside the loop the default handler ends the process.
+what it has already written.
+
+Several processes (a pod): every host must stop at the *same* point of the program, or the others wait
+in a collective forever. JAX's coordination service listens for SIGTERM on every host (it replaces the
+default handler, so SIGTERM alone no longer ends the process) and agrees on a sync point: the largest
+point id any host has passed, plus one (`multihost_utils.reached_preemption_sync_point`). Point ids
+here count every check of the whole job (`requested`), so they only grow, across stages too, and
+every host, running the same program, numbers the same check alike; had they been training steps,
+which start again at 1 in every stage, a stage too short to reach the agreed step would pass it by.
+Besides the training loops' checks after every step, the sampler and the model judge call `check`
+before every batch, so a preempted host also stops within one batch outside training.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ class Preempted(Exception):
     """SIGTERM arrived; what could be saved is saved. Re-running the same command resumes."""
 
 
-_state = {"requested": False, "deferring": 0, "installed": False}
+_state = {"requested": False, "deferring": 0, "installed": False, "sync_points": 0}
 
 
 def _handler(signum, frame):
@@ -55,12 +63,22 @@ def deferred():
         _state["deferring"] -= 1
 
 
-def requested(step: int) -> bool:
-    """Whether to save and stop after `step`; on several processes, all of them answer alike."""
+def requested() -> bool:
+    """Whether to stop here (a training loop: save first); on several processes, all of them answer
+    alike at the same call."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        return multihost_utils.reached_preemption_sync_point(step)
+        _state["sync_points"] += 1
+        return multihost_utils.reached_preemption_sync_point(_state["sync_points"])
     return _state["requested"]
+
+
+def check() -> None:
+    """A point where stopping loses nothing that is not redone: raises `Preempted` once SIGTERM arrived
+    (on several processes, all at the same call). Inside a training loop only the loop's own check
+    after each step counts, so that it saves first."""
+    if not _state["deferring"] and requested():
+        raise Preempted("SIGTERM received")
 
 
 def reset() -> None:

@@ -244,6 +244,12 @@ class Trainer:
     def place_frozen(self, weights: dict) -> dict:
         return jax.device_put(self.composition.split(weights)[1], self.frozen_shardings)
 
+    def place_weights(self, weights: dict) -> dict:
+        """All weights (trained part included) on the shardings the step uses, for forward passes
+        outside training such as scoring a reference."""
+        params = jax.device_put(self.composition.split(weights)[0], self.param_shardings)
+        return self.composition.combine(params, self.place_frozen(weights))
+
     def init_state(self, weights: dict) -> TrainState:
         # The state is donated to the step, so it must not share buffers with the caller's arrays
         # (device_put may reuse one for a replicated shard even with may_alias=False).

@@ -165,11 +165,21 @@ def _pairs(n=6, seed=0):
     return pairs
 
 
+def _dpo_trainer(weights, optimizer=None, mesh=None):
+    graphdef, state, w = weights
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
+                                 trainable=1)
+    return ts.Trainer(composition, ts.dpo_objective(beta=0.1), optimizer or optax.sgd(0.0),
+                      mesh or _single_device_mesh(), base_state=state, weights=w)
+
+
 def test_reference_log_probs_are_each_pairs_own_unpadded_score(weights):
+    """Scored on a 2x2x2 mesh (the trainer's shardings, one row per batch shard), compared unsharded."""
     graphdef, _, w = weights
     composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
                                  trainable=1)
-    pairs = attach_reference_log_probs(_pairs(), composition, w, batch_size=4, buckets=(12,))
+    pairs = attach_reference_log_probs(_pairs(), _dpo_trainer(weights, mesh=make_mesh(2, 2, 2)), w, batch_size=4,
+                                       buckets=(12,))
     for pair in (pairs[0], pairs[5]):
         tokens = pair["rejected_tokens"][None]
         logits = composition.forward(w, tokens, np.ones_like(tokens), np.array([pair["organism_id"]]))
@@ -179,16 +189,13 @@ def test_reference_log_probs_are_each_pairs_own_unpadded_score(weights):
 
 def test_dpo_padding_rows_do_not_count_as_pairs(weights):
     """6 pairs in a batch of 8: the two padding rows must change neither the loss nor the metrics."""
-    graphdef, state, w = weights
-    composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
-                                 trainable=1)
-    pairs = attach_reference_log_probs(_pairs(), composition, w, batch_size=4, buckets=(12,))
+    w = weights[2]
+    trainer = _dpo_trainer(weights)
+    pairs = attach_reference_log_probs(_pairs(), trainer, w, batch_size=4, buckets=(12,))
     for pair in pairs:  # pretend the reference was another model, so the loss is not exactly log 2
         pair["reference_chosen"] -= 0.5
     metrics = {}
     for batch_size in (6, 8):
-        trainer = ts.Trainer(composition, ts.dpo_objective(beta=0.1), optax.sgd(0.0), _single_device_mesh(),
-                             base_state=state, weights=w)
         train_state, frozen = trainer.place(w)
         batch = next(Batcher(pairs, batch_size=batch_size, buckets=(12,)))
         _, metrics[batch_size] = jax.device_get(trainer.step(train_state, frozen, trainer.put_batch(batch),
@@ -199,13 +206,10 @@ def test_dpo_padding_rows_do_not_count_as_pairs(weights):
 
 
 def test_dpo_from_the_reference_starts_at_log2_and_learns_the_preference(weights):
-    graphdef, state, w = weights
-    composition = ts.Composition(graphdef, (ts.AdapterSlot(ORGANISM_LORA, SLOTS), ts.AdapterSlot(IA_LORA)),
-                                 trainable=1)
-    pairs = attach_reference_log_probs(_pairs(), composition, w, batch_size=4, buckets=(12,))
+    w = weights[2]
     optimizer, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, total_steps=10))
-    trainer = ts.Trainer(composition, ts.dpo_objective(beta=0.1), optimizer, _single_device_mesh(),
-                         base_state=state, weights=w)
+    trainer = _dpo_trainer(weights, optimizer)
+    pairs = attach_reference_log_probs(_pairs(), trainer, w, batch_size=4, buckets=(12,))
     batcher = Batcher(pairs, batch_size=6, buckets=(12,))
     train_state, frozen = trainer.place(w)
     history = []
