@@ -73,15 +73,20 @@ def _main(config_path, workdir, emulator, cache, *, stop_at=None):
     return process.returncode, "".join(chunks)
 
 
-def test_a_gs_run_is_preempted_in_ia_training_and_resumes_to_a_report(phase1_world, gcs_root, gcs_emulator_host,
-                                                                      tmp_path):
+def tiny_run(phase1_world, gcs_root, tmp_path):
+    """(config file, gs:// workdir) of a run on the tiny world's base, uploaded to gs://."""
     base = f"{gcs_root}/models/tiny"
     gcs.upload_dir(phase1_world["base_dir"], base)
     library = os.path.join(os.path.dirname(phase1_world["prompts"]), "library")
     config_path = tmp_path / "tiny.py"
     config_path.write_text(CONFIG.format(checkpoint=base, vocab=len(phase1_world["tokenizer"]), library=library,
                                          prompts=phase1_world["prompts"]))
-    workdir = f"{gcs_root}/run"
+    return config_path, f"{gcs_root}/run"
+
+
+def test_a_gs_run_is_preempted_in_ia_training_and_resumes_to_a_report(phase1_world, gcs_root, gcs_emulator_host,
+                                                                      tmp_path):
+    config_path, workdir = tiny_run(phase1_world, gcs_root, tmp_path)
 
     code, output = _main(config_path, workdir, gcs_emulator_host, tmp_path / "worker_a", stop_at="ia sft:")
     assert code == PREEMPTED_EXIT_CODE, output[-4000:]

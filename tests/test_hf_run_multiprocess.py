@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from test_hf_run import CONFIG
+from test_hf_run import tiny_run
 
 from ia_jax.evaluation.reports import validate_report
 from ia_jax.storage import gcs
@@ -80,13 +80,7 @@ def run_job(config_path, workdir, emulator, scratch, *, flags=(), timeout=600):
 
 
 def test_two_processes_run_the_method_to_a_report(phase1_world, gcs_root, gcs_emulator_host, tmp_path):
-    base = f"{gcs_root}/models/tiny"
-    gcs.upload_dir(phase1_world["base_dir"], base)
-    library = os.path.join(os.path.dirname(phase1_world["prompts"]), "library")
-    config_path = tmp_path / "tiny.py"
-    config_path.write_text(CONFIG.format(checkpoint=base, vocab=len(phase1_world["tokenizer"]), library=library,
-                                         prompts=phase1_world["prompts"]))
-    workdir = f"{gcs_root}/run"
+    config_path, workdir = tiny_run(phase1_world, gcs_root, tmp_path)
 
     codes, outputs = run_job(config_path, workdir, gcs_emulator_host, str(tmp_path), flags=MESH + SMALLER)
     assert codes == [0] * PROCESSES, "\n\n".join(f"process {i} (exit {c}):\n{o[-4000:]}"
