@@ -10,7 +10,11 @@ An example is a dict: 1-D `*tokens` fields (with matching `*loss_mask` fields) a
 `{"tokens", "loss_mask", "organism_id"}` for SFT or `{"chosen_tokens", "chosen_loss_mask",
 "rejected_tokens", "rejected_loss_mask", "organism_id", "reference_chosen", "reference_rejected"}`
 for DPO. Batches add a `*attention_mask` per `*tokens` field and name `organism_id` `organism_ids`.
-Integer scalars become int32 columns, other scalars float32. Rows that only fill up the last batch of
+Integer scalars become int32 columns, other scalars float32. Each `*loss_mask` gets a
+`*loss_positions` companion: the positions whose next token is a loss token, left-aligned and padded
+with -1, as wide as the smallest bucket that holds every row's count in the global batch. The loss
+then evaluates the LM head at those positions only: an IA answer is a fifth of its sequence, and
+the head over a 32k-152k vocabulary is the largest matmul of a small model. Rows that only fill up the last batch of
 a bucket are all padding, with integer columns (`organism_ids`) -1 and zero masks, so they add nothing
 to any loss. `shuffle=False` keeps the examples' order (for one pass such as scoring).
 """
@@ -118,9 +122,17 @@ class Batcher:
         for micro in range(self.micro_batches):
             start = micro * self.batch_size + self.process_index * rows
             local.extend(members[start:start + rows])
-        return self._collate(bucket, local)
+        return self._collate(bucket, local, self._loss_width(bucket, members))
 
-    def _collate(self, bucket: int, members: list[int]) -> dict:
+    def _loss_width(self, bucket: int, members: list[int]) -> int:
+        """Width of the `*loss_positions` fields: from the whole global batch (`members` of every
+        process), so all processes agree on the shape."""
+        most = max((int(np.count_nonzero(np.asarray(self.examples[i][field])[1:]))
+                    for i in members if i >= 0 for field in self.sequence_fields if field.endswith("loss_mask")),
+                   default=1)
+        return min(bucket, self.buckets[bisect.bisect_left(self.buckets, max(most, 1))])
+
+    def _collate(self, bucket: int, members: list[int], loss_width: int) -> dict:
         shape = (self.micro_batches, len(members) // self.micro_batches)
         batch: dict[str, np.ndarray] = {}
         for field in self.sequence_fields:
@@ -133,6 +145,9 @@ class Batcher:
                     values[row, : len(sequence)] = sequence
                     attention[row, : len(sequence)] = 1
             batch[field] = values.reshape(*shape, bucket)
+            if field.endswith("loss_mask"):
+                batch[field[: -len("mask")] + "positions"] = loss_positions(values, loss_width).reshape(
+                    *shape, loss_width)
             if is_tokens:
                 batch[field[: -len("tokens")] + "attention_mask"] = attention.reshape(*shape, bucket)
         for field in self.scalar_fields:
@@ -142,3 +157,14 @@ class Batcher:
             column = [self.examples[i][field] if i >= 0 else fill for i in members]
             batch[name] = np.asarray(column, np.int32 if is_int else np.float32).reshape(shape)
         return batch
+
+
+def loss_positions(loss_mask_bt: np.ndarray, width: int) -> np.ndarray:
+    """`[b, width]` positions p whose next token p + 1 is a loss token, in order, padded with -1."""
+    positions = np.full((loss_mask_bt.shape[0], width), -1, np.int32)
+    for row, mask in enumerate(loss_mask_bt):
+        found = np.flatnonzero(mask[1:])
+        if len(found) > width:
+            raise BatchingError(f"row {row} has {len(found)} loss tokens, more than the {width} loss positions")
+        positions[row, : len(found)] = found
+    return positions

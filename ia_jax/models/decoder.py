@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from ia_jax.lora.adapter import LoraAdapter, check_fits, check_ids
-from ia_jax.lora.apply import LayerLora, lora_delta
+from ia_jax.lora.apply import LayerLora, lora_delta, tokens_einsum
 from ia_jax.models import rope
 from ia_jax.models.config import ModelConfig
 from ia_jax.models.kv_cache import KVCache
@@ -56,7 +56,7 @@ class Projection(nnx.Module):
         )
 
     def __call__(self, x, loras=()):
-        y = jnp.einsum(self.equation, x, self.kernel[...].astype(self.dtype))
+        y = tokens_einsum(self.equation, x, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         delta = lora_delta(self.equation, self.target, x, loras) if loras else None
@@ -101,7 +101,13 @@ class Attention(nnx.Module):
         self.scale = h**-0.5
 
     def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=(), layer_cache=None, cache_index=None):
-        """`visible_bts` covers the t new tokens (s = t) or, with `layer_cache`, every cache slot."""
+        """`visible_bts` covers the t new tokens (s = t) or, with `layer_cache`, every cache slot.
+
+        `layer_cache` is `(keys_lbskh, values_lbskh, layer)`: the whole cache, updated in place at
+        this layer. Carrying it through the layer scan (rather than scanning over per-layer slices,
+        which rebuilds every layer's cache as a new output each step) keeps a decode step from
+        copying the cache, which at batch 32 cost as much as the layers' matmuls.
+        """
         q_btnh = self.q_proj(x_btd, loras)
         k_btkh = self.k_proj(x_btd, loras)
         v_btkh = self.v_proj(x_btd, loras)
@@ -110,10 +116,12 @@ class Attention(nnx.Module):
         q_btnh = rope.apply_rope(q_btnh, cos_bth, sin_bth)
         k_btkh = rope.apply_rope(k_btkh, cos_bth, sin_bth)
         if layer_cache is not None:
-            cached_keys, cached_values = layer_cache
-            k_btkh = jax.lax.dynamic_update_slice(cached_keys, k_btkh.astype(cached_keys.dtype), (0, cache_index, 0, 0))
-            v_btkh = jax.lax.dynamic_update_slice(cached_values, v_btkh.astype(cached_values.dtype),
-                                                  (0, cache_index, 0, 0))
+            keys_lbskh, values_lbskh, layer = layer_cache
+            at = (layer, 0, cache_index, 0, 0)
+            keys_lbskh = jax.lax.dynamic_update_slice(keys_lbskh, k_btkh[None].astype(keys_lbskh.dtype), at)
+            values_lbskh = jax.lax.dynamic_update_slice(values_lbskh, v_btkh[None].astype(values_lbskh.dtype), at)
+            layer_cache = (keys_lbskh, values_lbskh)
+            k_btkh, v_btkh = keys_lbskh[layer], values_lbskh[layer]
         b, t, n, h = q_btnh.shape
         q_btkgh = q_btnh.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
         scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh, preferred_element_type=jnp.float32)
@@ -121,7 +129,7 @@ class Attention(nnx.Module):
         probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
         out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_btkh)
         out_btd = self.o_proj(out_btkgh.reshape(b, t, n, h), loras)
-        return out_btd, (None if layer_cache is None else (k_btkh, v_btkh))
+        return out_btd, layer_cache
 
 
 class MLP(nnx.Module):
@@ -183,7 +191,7 @@ class CausalLM(nnx.Module):
         self.activation_mesh = None
 
     def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None,
-                 cache: KVCache | None = None):
+                 cache: KVCache | None = None, logit_positions_bl=None):
         """Causal attention over real tokens only, with any number of LoRA adapters composed.
 
         `attention_mask_bt` (1 = real token, 0 = padding) hides padding keys. Positions default to the
@@ -193,6 +201,9 @@ class CausalLM(nnx.Module):
         `adapters` is a sequence of `(LoraAdapter, ids_b)`: `ids_b` picks each example's slot of a
         stacked adapter (-1 = none) and is None for a shared adapter. LoRA dropout runs only when
         `dropout_rng` is given (training).
+
+        `logit_positions_bl` (indices into t) computes logits `[batch, l, vocab]` at those positions
+        only: a loss over answer tokens needs the LM head nowhere else.
 
         With a `cache` (see `kv_cache.py`) the tokens are appended at `cache.index`, attend to every
         valid slot before them, and the call returns `(logits, updated cache)`.
@@ -234,8 +245,9 @@ class CausalLM(nnx.Module):
         layer_def, layer_state = nnx.split(self.model.layers)
         adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
 
-        def layer_step(x_btd, layer_inputs):
-            one_layer_state, one_layer_adapters, layer_index, layer_cache = layer_inputs
+        def layer_step(carry, layer_inputs):
+            x_btd, caches = carry
+            one_layer_state, one_layer_adapters, layer_index = layer_inputs
             loras = []
             for i, ((adapter, ids_b), weights) in enumerate(zip(adapters, one_layer_adapters)):
                 rng = None
@@ -244,28 +256,29 @@ class CausalLM(nnx.Module):
                 loras.append(LayerLora(weights, None if ids_b is None else jnp.asarray(ids_b, jnp.int32),
                                        adapter.config.scale, adapter.config.dropout, rng))
             layer = nnx.merge(layer_def, one_layer_state)
-            x_btd, layer_cache = layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras), layer_cache,
-                                       None if cache is None else cache.index)
-            return self._constrain(x_btd), layer_cache
+            x_btd, caches = layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras),
+                                  None if caches is None else (*caches, layer_index),
+                                  None if cache is None else cache.index)
+            return (self._constrain(x_btd), caches), None
 
         if self.remat:
             layer_step = jax.checkpoint(layer_step)
         layer_indices = jnp.arange(config.num_layers, dtype=jnp.int32)
-        layer_caches = None if cache is None else (cache.keys, cache.values)
-        x_btd, new_layer_caches = jax.lax.scan(
-            layer_step, x_btd, (layer_state, adapter_weights, layer_indices, layer_caches))
+        caches = None if cache is None else (cache.keys, cache.values)
+        (x_btd, caches), _ = jax.lax.scan(layer_step, (x_btd, caches), (layer_state, adapter_weights, layer_indices))
+        if logit_positions_bl is not None:
+            x_btd = jnp.take_along_axis(x_btd, logit_positions_bl[..., None], axis=1)
         x_btd = self.model.norm(x_btd)
 
         if self.lm_head is None:
             head_dv = embedding_vd.T
         else:
             head_dv = self.lm_head.kernel[...]
-        logits_btv = jnp.einsum(
-            "btd,dv->btv", x_btd, head_dv.astype(config.compute_dtype), preferred_element_type=jnp.float32
-        )
+        logits_btv = tokens_einsum("btd,dv->btv", x_btd, head_dv.astype(config.compute_dtype),
+                                   preferred_element_type=jnp.float32)
         if cache is None:
             return logits_btv
-        keys, values = new_layer_caches
+        keys, values = caches
         return logits_btv, KVCache(keys=keys, values=values, valid_bs=valid_bs, index=cache.index + t)
 
     def _constrain(self, x_btd):

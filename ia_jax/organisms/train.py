@@ -48,13 +48,12 @@ def per_organism_objective(num_organisms: int) -> ts.Objective:
 
     def objective(forward, batch):
         ids = batch["organism_ids"]
-        logits = forward(batch["tokens"], batch["attention_mask"], ids)
-        loss_sum, count, sums = losses.sft_sums(logits, batch["tokens"], batch["loss_mask"])
-        mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
-        nll_b = -jnp.sum(losses.token_log_probs(logits[:, :-1], batch["tokens"][:, 1:]) * mask, axis=-1)
+        logits, targets, weights = ts.scored_logits(forward, batch)
+        loss_sum, count, sums = losses.target_sums(logits, targets, weights)
+        nll_b = -losses.target_log_probs(logits, targets, weights)
         slots = jnp.where(ids >= 0, ids, num_organisms)  # padding rows go to a spill slot, then dropped
         sums["organism_nll"] = jax.ops.segment_sum(nll_b, slots, num_organisms + 1)[:num_organisms]
-        sums["organism_tokens"] = jax.ops.segment_sum(jnp.sum(mask, -1), slots, num_organisms + 1)[:num_organisms]
+        sums["organism_tokens"] = jax.ops.segment_sum(jnp.sum(weights, -1), slots, num_organisms + 1)[:num_organisms]
         return loss_sum, count, sums
 
     return objective

@@ -33,7 +33,8 @@ def attach_reference_log_probs(pairs: Sequence[Mapping], trainer: Trainer, weigh
         batch = jax.tree.map(lambda x: x[0], batch)  # one micro-batch
         index = batch.pop("pair_index")
         logp_chosen, logp_rejected = policy_log_probs(
-            lambda t, a, ids: composition.forward(weights, t, a, ids), batch)
+            lambda t, a, ids, positions=None: composition.forward(weights, t, a, ids, logit_positions_bl=positions),
+            batch)
         return logp_chosen, logp_rejected, index
 
     weights = trainer.place_weights(weights)  # once, not with every batch

@@ -22,12 +22,24 @@ def _next_token(logits_btv, tokens_bt, loss_mask_bt):
     return logits_btv[:, :-1], tokens_bt[:, 1:], loss_mask_bt[:, 1:].astype(jnp.float32)
 
 
+def at_positions(tokens_bt, positions_bl):
+    """(targets, weights) for logits gathered at `positions_bl` (-1 = padding): the batcher's
+    `*loss_positions`, where position p predicts token p + 1."""
+    valid_bl = positions_bl >= 0
+    targets_bl = jnp.take_along_axis(tokens_bt, jnp.where(valid_bl, positions_bl + 1, 0), axis=1)
+    return targets_bl, valid_bl.astype(jnp.float32)
+
+
+def target_sums(logits_blv, targets_bl, weights_bl):
+    """(weighted NLL sum, weight sum, {'token_accuracy': weighted argmax hits}) over scored positions."""
+    nll = -token_log_probs(logits_blv, targets_bl) * weights_bl
+    correct = (jnp.argmax(logits_blv, axis=-1) == targets_bl).astype(jnp.float32) * weights_bl
+    return jnp.sum(nll), jnp.sum(weights_bl), {"token_accuracy": jnp.sum(correct)}
+
+
 def sft_sums(logits_btv, tokens_bt, loss_mask_bt):
-    """(summed NLL over assistant tokens, number of those tokens, {'correct': argmax hits})."""
-    logits, targets, mask = _next_token(logits_btv, tokens_bt, loss_mask_bt)
-    nll = -token_log_probs(logits, targets) * mask
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * mask
-    return jnp.sum(nll), jnp.sum(mask), {"token_accuracy": jnp.sum(correct)}
+    """(summed NLL over assistant tokens, number of those tokens, {'token_accuracy': argmax hits})."""
+    return target_sums(*_next_token(logits_btv, tokens_bt, loss_mask_bt))
 
 
 def sft_loss(logits_btv, tokens_bt, loss_mask_bt):
@@ -39,8 +51,12 @@ def sft_loss(logits_btv, tokens_bt, loss_mask_bt):
 
 def sequence_log_probs(logits_btv, tokens_bt, completion_mask_bt) -> jax.Array:
     """Sum of log p over completion tokens, per sequence `[b]` (the DPO policy/reference score)."""
-    logits, targets, mask = _next_token(logits_btv, tokens_bt, completion_mask_bt)
-    return jnp.sum(token_log_probs(logits, targets) * mask, axis=-1)
+    return target_log_probs(*_next_token(logits_btv, tokens_bt, completion_mask_bt))
+
+
+def target_log_probs(logits_blv, targets_bl, weights_bl) -> jax.Array:
+    """Weighted sum of log p(target) per row `[b]`."""
+    return jnp.sum(token_log_probs(logits_blv, targets_bl) * weights_bl, axis=-1)
 
 
 def dpo_sums(policy_chosen_b, policy_rejected_b, reference_chosen_b, reference_rejected_b, *,

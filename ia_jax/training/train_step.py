@@ -70,16 +70,22 @@ class Composition:
             weights["adapters"][self.trainable] = params
         return weights
 
-    def forward(self, weights: dict, tokens_bt, attention_mask_bt, organism_ids_b, dropout_rng=None):
-        """Logits of the composed model; stacked adapters take `organism_ids_b` as their slot ids."""
+    def forward(self, weights: dict, tokens_bt, attention_mask_bt, organism_ids_b, dropout_rng=None,
+                logit_positions_bl=None):
+        """Logits of the composed model (at `logit_positions_bl` only, when given); stacked adapters
+        take `organism_ids_b` as their slot ids."""
         model = nnx.merge(self.graphdef, weights["base"])
         model.remat = self.remat
         model.activation_mesh = self.activation_mesh
-        adapters = [
-            (LoraAdapter(w, slot.config, slot.num_slots), organism_ids_b if slot.num_slots is not None else None)
-            for slot, w in zip(self.adapters, weights["adapters"])
-        ]
-        return model(tokens_bt, attention_mask_bt=attention_mask_bt, adapters=adapters, dropout_rng=dropout_rng)
+        adapters = []
+        for i, (slot, w) in enumerate(zip(self.adapters, weights["adapters"])):
+            # Frozen adapters run as at inference: the IA learns to read the organism it will be
+            # audited on, not a noised one (and their dropout masks would be wasted work).
+            config = slot.config if i == self.trainable else dataclasses.replace(slot.config, dropout=0.0)
+            adapters.append((LoraAdapter(w, config, slot.num_slots),
+                             organism_ids_b if slot.num_slots is not None else None))
+        return model(tokens_bt, attention_mask_bt=attention_mask_bt, adapters=adapters, dropout_rng=dropout_rng,
+                     logit_positions_bl=logit_positions_bl)
 
     def logical_axes(self, weights: dict, base_state) -> dict:
         """Logical axes for every weight: from the base Params' metadata and each adapter's layout."""
@@ -104,9 +110,24 @@ def _organism_ids(batch, rows):
     return jnp.full((rows,), -1, jnp.int32) if ids is None else ids
 
 
+def scored_logits(forward, batch, prefix: str = "", organism_ids=None):
+    """(logits_blv, targets_bl, weights_bl) over the loss tokens of `batch[prefix + "tokens"]`.
+
+    With the batcher's `*loss_positions` the LM head runs at those positions only; a hand-made batch
+    without them is scored at every position (the same sums, more work).
+    """
+    tokens = batch[prefix + "tokens"]
+    ids = _organism_ids(batch, tokens.shape[0]) if organism_ids is None else organism_ids
+    positions = batch.get(prefix + "loss_positions")
+    if positions is None:
+        logits = forward(tokens, batch[prefix + "attention_mask"], ids)
+        return logits[:, :-1], tokens[:, 1:], batch[prefix + "loss_mask"][:, 1:].astype(jnp.float32)
+    targets, weights = losses.at_positions(tokens, positions)
+    return forward(tokens, batch[prefix + "attention_mask"], ids, jnp.maximum(positions, 0)), targets, weights
+
+
 def sft_objective(forward, batch):
-    logits = forward(batch["tokens"], batch["attention_mask"], _organism_ids(batch, batch["tokens"].shape[0]))
-    return losses.sft_sums(logits, batch["tokens"], batch["loss_mask"])
+    return losses.target_sums(*scored_logits(forward, batch))
 
 
 def dpo_objective(beta: float, label_smoothing: float = 0.0) -> Objective:
@@ -130,11 +151,11 @@ def policy_log_probs(forward, batch):
         return jnp.stack([chosen, rejected], axis=1).reshape(-1, *chosen.shape[1:])
 
     rows = batch["chosen_tokens"].shape[0]
-    tokens = interleave(batch["chosen_tokens"], batch["rejected_tokens"])
-    attention = interleave(batch["chosen_attention_mask"], batch["rejected_attention_mask"])
-    completion = interleave(batch["chosen_loss_mask"], batch["rejected_loss_mask"])
-    ids = jnp.repeat(_organism_ids(batch, rows), 2)
-    logp = losses.sequence_log_probs(forward(tokens, attention, ids), tokens, completion).reshape(rows, 2)
+    fields = ("tokens", "attention_mask", "loss_mask", "loss_positions")
+    both = {field: interleave(batch["chosen_" + field], batch["rejected_" + field])
+            for field in fields if "chosen_" + field in batch}
+    logp = losses.target_log_probs(*scored_logits(forward, both, organism_ids=jnp.repeat(
+        _organism_ids(batch, rows), 2))).reshape(rows, 2)
     return logp[:, 0], logp[:, 1]
 
 
@@ -156,8 +177,9 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
     def loss_fn(params, frozen, micro_batch, rng):
         weights = composition.combine(params, frozen)
 
-        def forward(tokens, attention_mask, organism_ids):
-            return composition.forward(weights, tokens, attention_mask, organism_ids, dropout_rng=rng)
+        def forward(tokens, attention_mask, organism_ids, logit_positions=None):
+            return composition.forward(weights, tokens, attention_mask, organism_ids, dropout_rng=rng,
+                                       logit_positions_bl=logit_positions)
 
         loss_sum, weight, sums = objective(forward, micro_batch)
         return loss_sum, (weight, sums)

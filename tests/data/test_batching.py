@@ -29,7 +29,7 @@ def test_shapes_buckets_padding_and_one_epoch_coverage():
         batch = next(batcher)
         length = batch["tokens"].shape[-1]
         assert batch["tokens"].shape == (2, 3, length) and length in (8, 16, 32)
-        assert set(batch) == {"tokens", "attention_mask", "loss_mask", "organism_ids"}
+        assert set(batch) == {"tokens", "attention_mask", "loss_mask", "loss_positions", "organism_ids"}
         for micro in range(2):
             for row in range(3):
                 n = int(batch["attention_mask"][micro, row].sum())
@@ -92,6 +92,23 @@ def test_dpo_pairs_get_an_attention_mask_per_side():
     assert batch["rejected_attention_mask"][0, 0].tolist() == [1] * 8
     assert batch["reference_rejected"].dtype == np.float32 and batch["reference_rejected"][0, 0] == -7.0
     assert batch["organism_ids"].tolist() == [[2, -1]]
+    # Position p scores token p + 1; both sides share one width, the smallest bucket that holds 6 tokens.
+    assert batch["chosen_loss_positions"][0].tolist() == [[1, 2, 3, -1, -1, -1, -1, -1], [-1] * 8]
+    assert batch["rejected_loss_positions"][0, 0].tolist() == [1, 2, 3, 4, 5, 6, -1, -1]
+
+
+def test_loss_positions_are_as_wide_as_the_smallest_bucket_holding_the_global_batch():
+    def example(length, answer):
+        return {"tokens": np.arange(1, length + 1), "loss_mask": np.r_[np.zeros(length - answer), np.ones(answer)]}
+
+    examples = [example(30, 3), example(30, 5), example(30, 20)]
+    batch = next(Batcher(examples, batch_size=3, buckets=(4, 8, 32), shuffle=False, process_index=0,
+                         process_count=1))
+    assert batch["loss_positions"].shape == (1, 3, 32)  # 20 answer tokens need the 32 bucket
+    short = next(Batcher(examples[:2], batch_size=2, buckets=(4, 8, 32), shuffle=False, process_index=1,
+                         process_count=2))
+    assert short["loss_positions"].shape == (1, 1, 8)  # process 1 has only the 5-token row, but both see 8
+    assert short["loss_positions"][0, 0].tolist() == [24, 25, 26, 27, 28, -1, -1, -1]
 
 
 def test_bad_examples_are_named():

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from ia_jax import lora, models
-from ia_jax.data.batching import Batcher
+from ia_jax.data.batching import Batcher, loss_positions
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.training import losses
 from ia_jax.training import train_step as ts
@@ -163,6 +163,33 @@ def _pairs(n=6, seed=0):
             sides[f"{side}_loss_mask"] = mask
         pairs.append({**sides, "organism_id": int(rng.integers(0, SLOTS))})
     return pairs
+
+
+def test_loss_at_gathered_positions_equals_the_loss_over_every_position(weights):
+    """The batcher's `loss_positions` make the LM head run only where the loss is; the sums must not move."""
+    batch = _batch(1, 8, seed=5)
+    batch["loss_mask"][0, 3, 2:5] = 1  # rows with different loss spans
+    batch["loss_mask"][0, 6] = 0  # and a row with none
+    gathered = {**batch, "loss_positions": loss_positions(batch["loss_mask"][0], 8)[None]}
+    _, full_params, full = _one_step(weights, 1, optax.sgd(1.0), _single_device_mesh(), batch)
+    _, gathered_params, fast = _one_step(weights, 1, optax.sgd(1.0), _single_device_mesh(), gathered)
+    for key in ("loss", "token_accuracy", "weight", "grad_norm"):
+        np.testing.assert_allclose(fast[0][key], full[0][key], rtol=1e-5, err_msg=key)
+    for a, b in zip(jax.tree.leaves(gathered_params), jax.tree.leaves(full_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_frozen_adapters_run_without_dropout_and_the_trained_one_with_it(weights):
+    graphdef, _, w = weights
+    noisy = lora.LoraConfig(rank=ORGANISM_LORA.rank, alpha=ORGANISM_LORA.alpha, dropout=0.5)
+    tokens = _batch(1, 4, seed=6)["tokens"][0]
+    ids = np.array([0, 1, 2, 3], np.int32)
+    for trainable, changes in ((1, False), (0, True)):
+        composition = ts.Composition(graphdef, (ts.AdapterSlot(noisy, SLOTS), ts.AdapterSlot(IA_LORA)),
+                                     trainable=trainable)
+        plain = composition.forward(w, tokens, np.ones_like(tokens), ids)
+        dropped = composition.forward(w, tokens, np.ones_like(tokens), ids, dropout_rng=jax.random.key(1))
+        assert (np.abs(np.asarray(dropped) - np.asarray(plain)).max() > 1e-4) == changes, trainable
 
 
 def _dpo_trainer(weights, optimizer=None, mesh=None):
