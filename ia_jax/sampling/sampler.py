@@ -89,7 +89,9 @@ def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
     in_top_k_bv = rank_v[None, :] < k_b[:, None]
     probs_bv = jax.nn.softmax(jnp.where(in_top_k_bv, sorted_bv, -jnp.inf), axis=-1)
     mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv  # the top token always survives (top_p > 0)
-    keep_sorted_bv = in_top_k_bv & (mass_before_bv < top_p_b[:, None])
+    # top_p = 1 keeps everything, also the tail that float32 rounding puts at cumulative mass 1.0, so
+    # such a row samples the same here as on the path that skips this function.
+    keep_sorted_bv = in_top_k_bv & ((mass_before_bv < top_p_b[:, None]) | (top_p_b[:, None] >= 1))
     keep_bv = jnp.zeros_like(keep_sorted_bv).at[jnp.arange(b)[:, None], order_bv].set(keep_sorted_bv)
     return jnp.where(keep_bv, scaled_bv, -jnp.inf)
 
@@ -110,11 +112,21 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
     # One key per row from its own seed: an answer depends on its prompt and seed, not on its batch.
     row_keys_b = jax.vmap(jax.random.key)(seeds_b)
 
+    sampling = jnp.any(temperature_b > 0)
+    cutting = jnp.any((temperature_b > 0) & ((top_p_b < 1) | (top_k_b > 0)))
+
+    def sample(logits_bv, step):
+        # Top-k/top-p sort the vocabulary (per row, per step): skipped when no row asks for a cut.
+        filtered_bv = jax.lax.cond(cutting, _filter_logits,
+                                   lambda logits, t, p, k: logits / jnp.maximum(t, 1e-6)[:, None],
+                                   logits_bv, temperature_b, top_p_b, top_k_b)
+        step_keys_b = jax.vmap(lambda key: jax.random.fold_in(key, step))(row_keys_b)
+        return jax.vmap(jax.random.categorical)(step_keys_b, filtered_bv).astype(jnp.int32)
+
     def choose(logits_bv, step):
         greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-        filtered_bv = _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b)
-        step_keys_b = jax.vmap(lambda key: jax.random.fold_in(key, step))(row_keys_b)
-        sampled_b = jax.vmap(jax.random.categorical)(step_keys_b, filtered_bv).astype(jnp.int32)
+        # Greedy batches (every evaluation answer) never pay for sampling.
+        sampled_b = jax.lax.cond(sampling, sample, lambda logits, step: greedy_b, logits_bv, step)
         return jnp.where(temperature_b > 0, sampled_b, greedy_b)
 
     def cond(carry):
