@@ -1,0 +1,32 @@
+"""The benchmark shrunk to seconds, for CI: every workload and the reference run, so the harness
+cannot rot; the numbers mean nothing at this size.
+
+`python -m ia_jax.bench --config=configs/bench_smoke.py --out=/tmp/bench.json`
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("_ia_jax_bench_config", os.path.join(os.path.dirname(__file__),
+                                                                                        "bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.name = "bench_smoke"
+    c.model.update(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                   head_dim=8)
+    c.batch_size = 2
+    c.seq_len = 32
+    c.answer_tokens = 8
+    c.organisms_in_batch = 2
+    c.organism_lora.update(rank=2, alpha=4.0)
+    c.ia_lora.update(rank=2, alpha=4.0)
+    c.repeats = 2
+    c.peak_matmul_size = 256
+    c.organism_jobs.update(count=2, examples_per_organism=2, seq_len=32, sequential_jobs=1)
+    c.decode.update(batch_sizes=(1, 2), prompt_tokens=8, new_tokens=8)
+    return ml_collections.ConfigDict(c)

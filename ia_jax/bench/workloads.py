@@ -1,0 +1,146 @@
+"""Our side of the benchmark: the real trainers and sampler of the pipeline on synthetic batches.
+
+Every workload runs the code the pipeline runs (`Trainer` with the SFT or DPO objective, batches from
+`Batcher`, `Sampler.generate`), compiles once, warms up, then reports wall seconds per call, each
+measured until the result is ready on the device. Batches come from `batches`, so the PyTorch
+reference (`torch_reference.py`) sees exactly the same tokens and loss spans.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ia_jax.data.batching import Batcher
+from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
+from ia_jax.models.config import ModelConfig
+from ia_jax.models.decoder import CausalLM
+from ia_jax.parallel.sharding import make_mesh
+from ia_jax.sampling.sampler import Sampler, SamplingParams
+from ia_jax.training import train_step as ts
+from ia_jax.training.optimizer import OptimizerConfig, make_optimizer
+
+
+def timed(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """(seconds of the first call, which compiles; seconds of each of `repeats` calls after `warmup`)."""
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        jax.block_until_ready(call())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def peak_matmul_flops(size: int, repeats: int = 10) -> float:
+    """FLOP/s of a `size`-square float32 matmul on the default device: the peak MFU is measured against."""
+    dtype = jnp.bfloat16 if jax.default_backend() in ("tpu", "gpu") else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    matmul = jax.jit(lambda a, b: a @ b)
+    _, times = timed(lambda: matmul(a, b), warmup=2, repeats=repeats)
+    return 2.0 * size**3 / min(times)
+
+
+def lora_config(fields) -> LoraConfig:
+    return LoraConfig(rank=int(fields["rank"]), alpha=float(fields["alpha"]), dropout=float(fields["dropout"]))
+
+
+def sft_examples(model: ModelConfig, *, count: int, seq: int, answer: int, organisms: int, seed: int) -> list[dict]:
+    """Full-length random chats whose last `answer` tokens are the loss span, spread over organisms."""
+    rng = np.random.default_rng(seed)
+    loss_mask = np.r_[np.zeros(seq - answer), np.ones(answer)].astype(np.int32)
+    return [{"tokens": rng.integers(1, model.vocab_size, seq).astype(np.int32), "loss_mask": loss_mask,
+             "organism_id": i % organisms} for i in range(count)]
+
+
+def organism_examples(model, job: dict, organism: int) -> list[dict]:
+    """Organism `organism`'s training chats: the same for any job it is part of (seeded by its index)."""
+    return sft_examples(model, count=job["examples_per_organism"], seq=job["seq_len"],
+                                  answer=job["answer_tokens"], organisms=1, seed=job["seed"] + 1000 * (organism + 1))
+
+
+def dpo_examples(model: ModelConfig, *, count: int, seq: int, answer: int, organisms: int, seed: int) -> list[dict]:
+    chosen = sft_examples(model, count=count, seq=seq, answer=answer, organisms=organisms, seed=seed)
+    rejected = sft_examples(model, count=count, seq=seq, answer=answer, organisms=organisms, seed=seed + 1)
+    rng = np.random.default_rng(seed + 2)
+    return [{"chosen_tokens": c["tokens"], "chosen_loss_mask": c["loss_mask"], "rejected_tokens": r["tokens"],
+             "rejected_loss_mask": r["loss_mask"], "organism_id": c["organism_id"],
+             "reference_chosen": float(rng.normal(-300, 5)), "reference_rejected": float(rng.normal(-300, 5))}
+            for c, r in zip(chosen, rejected)]
+
+
+def one_batch(examples: list[dict], batch_size: int, seq: int) -> dict:
+    """The batch the pipeline's batcher builds: `[1 micro-batch, batch, ...]`, with loss positions as
+    wide as the smallest of the power-of-two buckets a recipe would list that holds the answers."""
+    buckets = sorted({min(2**i, seq) for i in range(4, max(seq - 1, 1).bit_length() + 1)})
+    return next(Batcher(examples, batch_size=batch_size, buckets=buckets, shuffle=False))
+
+
+def base_model(model: ModelConfig, seed: int) -> CausalLM:
+    return CausalLM(model, rngs=nnx.Rngs(seed))
+
+
+def _organisms(model: ModelConfig, lora: LoraConfig, slots: int, seed: int) -> LoraAdapter:
+    """A stacked organism adapter with nonzero `lora_b`, so it changes the model as a trained one does."""
+    adapter = init_adapter(model, lora, jax.random.key(seed), num_slots=slots)
+    return adapter.replace(weights=jax.tree.map(
+        lambda w: w + 0.01 * jax.random.normal(jax.random.key(seed + 1), w.shape, w.dtype), adapter.weights))
+
+
+def ia_train_step_times(base: CausalLM, batch: dict, objective: ts.Objective, *, organism_lora: LoraConfig,
+                        ia_lora: LoraConfig, slots: int, learning_rate: float, warmup: int, repeats: int,
+                        seed: int) -> tuple[float, list[float]]:
+    """The IA's train step (SFT or DPO objective) on `slots` frozen organisms, as the pipeline builds it."""
+    graphdef, state = nnx.split(base)
+    model = base.config
+    organisms = _organisms(model, organism_lora, slots, seed)
+    ia = init_adapter(model, ia_lora, jax.random.key(seed + 2))
+    composition = ts.Composition(graphdef, (ts.AdapterSlot(organism_lora, slots), ts.AdapterSlot(ia_lora)),
+                                 trainable=1)
+    weights = {"base": nnx.to_pure_dict(state), "adapters": [organisms.weights, ia.weights]}
+    optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=learning_rate, total_steps=10_000))
+    trainer = ts.Trainer(composition, objective, optimizer, make_mesh(data=-1, fsdp=1), base_state=state,
+                         weights=weights, schedule=schedule)
+    train_state, frozen = trainer.place(weights)
+    device_batch = trainer.put_batch(batch)
+    rng = jax.random.key(seed)
+    holder = {"state": train_state}
+
+    def step():
+        holder["state"], metrics = trainer.step(holder["state"], frozen, device_batch, rng)
+        return metrics
+
+    return timed(step, warmup=warmup, repeats=repeats)
+
+
+def decode_times(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: LoraConfig,
+                 ia_lora: LoraConfig, slots: int, warmup: int, repeats: int, seed: int) -> tuple[float, list[float]]:
+    """`Sampler.generate` of exactly `new_tokens` greedy tokens per row (no stop token), with every row
+    on its own organism and the IA, the self-report workload."""
+    model = base.config
+    ia = _organisms(model, ia_lora, 1, seed + 3)
+    ia = LoraAdapter(weights=jax.tree.map(lambda w: w[:, 0], ia.weights), config=ia_lora)
+    sampler = Sampler(base, organisms=_organisms(model, organism_lora, slots, seed), ia=ia,
+                      batch_buckets=(batch_size,), prompt_buckets=(prompt_tokens,), max_batch=batch_size)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(1, model.vocab_size, prompt_tokens).tolist() for _ in range(batch_size)]
+    params = SamplingParams(max_new_tokens=new_tokens)
+    ids = [i % slots for i in range(batch_size)]
+
+    def generate():
+        out = sampler.generate(prompts, params, organism_ids=ids, use_ia=True)
+        if any(len(row) != new_tokens for row in out):
+            raise RuntimeError(f"decode produced {sorted({len(r) for r in out})} tokens, expected {new_tokens}")
+        return out
+
+    return timed(generate, warmup=warmup, repeats=repeats)
