@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ia_jax import hf_run, main
+from ia_jax import hf_run, main, models
 from ia_jax.toy import run as toy_run
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,16 @@ def load(name, *overrides):
 
 def test_every_config_file_is_covered():
     shipped = {f[:-3] for f in os.listdir(os.path.join(_ROOT, "configs")) if f.endswith(".py") and f != "__init__.py"}
-    assert shipped == set(HF_CONFIGS) | {"toy", "smoke"}
+    assert shipped == set(HF_CONFIGS) | {"toy", "smoke", "bench", "bench_smoke"}
+
+
+@pytest.mark.parametrize("name", ["bench", "bench_smoke"])
+def test_bench_configs_build_the_model_and_take_overrides(name):
+    """The benchmark's configs (`python -m ia_jax.bench --config=configs/NAME.py`)."""
+    config = load(name, "--config.organism_jobs.sequential_jobs=1", "--config.workloads=('decode',)")
+    assert config.organism_jobs.sequential_jobs == 1 and tuple(config.workloads) == ("decode",)
+    model = models.ModelConfig(**config.model)
+    assert config.answer_tokens < config.seq_len <= model.max_position_embeddings
 
 
 @pytest.mark.parametrize("name", ["toy", "smoke"])
