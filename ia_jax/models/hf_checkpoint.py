@@ -239,7 +239,12 @@ def _place(files: CheckpointFiles, layout: _WeightLayout, dtype, sharding) -> ja
         for key, block in blocks.items():
             block[...] = tensor[tuple(slice(*k) for k in key)]
         del tensor
-    return jax.make_array_from_callback(layout.shape, sharding, lambda index: blocks[_block_key(index, layout.shape)])
+    array = jax.make_array_from_callback(layout.shape, sharding, lambda index: blocks[_block_key(index, layout.shape)])
+    # Transfers are asynchronous and hold their host blocks: waiting here keeps at most one weight in flight
+    # (reads, not transfers, bound a load's time).
+    array.block_until_ready()
+    blocks.clear()
+    return array
 
 
 def load_hf(path: str, *, mesh: Mesh | None = None, rules=LOGICAL_AXIS_RULES, dtype: str | None = None,
