@@ -99,10 +99,26 @@ class LoraAdapter:
     weights: dict
     config: LoraConfig = struct.field(pytree_node=False)
     num_slots: int | None = struct.field(pytree_node=False, default=None)
+    # Slot i serves row i of the batch (see `per_row`); the ids then only switch rows off (-1).
+    row_aligned: bool = struct.field(pytree_node=False, default=False)
 
     @property
     def stacked(self) -> bool:
         return self.num_slots is not None
+
+    def per_row(self, ids_b: jax.Array) -> tuple[LoraAdapter, jax.Array]:
+        """This stack gathered once into one slot per row, with the ids that address it.
+
+        A decode loop runs the same rows through the same organisms at every step; gathering each
+        row's weights once, rather than in every projection of every step, keeps the loop from
+        copying `rows x rank x (in + out)` weights per layer per token."""
+        if not self.stacked or self.row_aligned:
+            raise ValueError("per_row needs a stacked adapter addressed by slot ids")
+        ids_b = jnp.asarray(ids_b, jnp.int32)
+        slots_b = jnp.maximum(ids_b, 0)
+        rows = LoraAdapter(weights=jax.tree.map(lambda w: w[:, slots_b], self.weights), config=self.config,
+                           num_slots=ids_b.shape[0], row_aligned=True)
+        return rows, jnp.where(ids_b >= 0, jnp.arange(ids_b.shape[0], dtype=jnp.int32), -1)
 
     def logical_axes(self) -> dict:
         """Per-weight logical axes, same structure as `weights`, for sharding adapters like the base."""

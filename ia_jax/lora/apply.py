@@ -20,13 +20,17 @@ _TARGET_INDEX = {"q": 0, "k": 1, "v": 2, "o": 3, "gate": 4, "up": 5, "down": 6}
 
 @dataclasses.dataclass(frozen=True)
 class LayerLora:
-    """One adapter's weights for one layer, as the scan body sees them."""
+    """One adapter's weights for one layer, as the scan body sees them.
+
+    `row_aligned`: a stacked adapter whose slot i already serves row i (gathered once per row, as the
+    decode loop does), so `ids_b` only switches rows off (-1) and no per-step gather runs."""
 
     weights: dict
     ids_b: jax.Array | None
     scale: float
     dropout: float
     rng: jax.Array | None
+    row_aligned: bool = False
 
 
 def _letters(equation: str) -> tuple[str, str]:
@@ -56,10 +60,11 @@ def lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora]):
     the rank, and one product with the concatenated `b`s makes the whole delta: the full-width
     `[b, t, out]` tensor is written once, not once per adapter plus a sum and a scaling, which is most
     of what LoRA costs on a bandwidth-bound CPU (about a quarter of a projection with two adapters).
-    Padding rows (id -1) of a stacked adapter get zero low-rank activations, so they add nothing.
+    Rows switched off (id -1) get zero low-rank activations, so they add nothing. A one-slot stack (the
+    sampler's IA, on or off per row) runs as a shared adapter with that switch, gathering nothing.
     """
     in_letters, out_letters = _letters(equation)
-    lows, bs, per_example = [], [], False
+    shared, per_example = [], []  # (low-rank activations [b, t, r], b: [r, out...] or per row [b, r, out...])
     for lora in loras:
         if target not in lora.weights:
             continue
@@ -68,25 +73,45 @@ def lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora]):
         x_in = x
         if lora.dropout > 0.0 and lora.rng is not None:
             x_in = dropout(x, jax.random.fold_in(lora.rng, _TARGET_INDEX[target]), lora.dropout)
+        scale = jnp.asarray(lora.scale, x.dtype)
         if lora.ids_b is None:
-            low_btr = tokens_einsum(f"bt{in_letters},{in_letters}r->btr", x_in, a)
-        else:
-            valid_b = lora.ids_b >= 0
-            slots_b = jnp.where(valid_b, lora.ids_b, 0)
-            low_btr = jnp.einsum(f"bt{in_letters},b{in_letters}r->btr", x_in, a[slots_b])
-            low_btr = low_btr * valid_b[:, None, None].astype(low_btr.dtype)
-            b = b[slots_b]
-            per_example = True
-        lows.append(low_btr * jnp.asarray(lora.scale, low_btr.dtype))
-        bs.append(b)
-    if not lows:
+            shared.append((tokens_einsum(f"bt{in_letters},{in_letters}r->btr", x_in, a) * scale, b))
+            continue
+        on_b1r = (lora.ids_b >= 0)[:, None, None].astype(x.dtype) * scale
+        if a.shape[0] == 1 and not lora.row_aligned:
+            shared.append((tokens_einsum(f"bt{in_letters},{in_letters}r->btr", x_in, a[0]) * on_b1r, b[0]))
+            continue
+        if not lora.row_aligned:
+            slots_b = jnp.maximum(lora.ids_b, 0)
+            a, b = a[slots_b], b[slots_b]
+        per_example.append((jnp.einsum(f"bt{in_letters},b{in_letters}r->btr", x_in, a) * on_b1r, b))
+    if not shared and not per_example:
         return None
-    low_btr = lows[0] if len(lows) == 1 else jnp.concatenate(lows, axis=-1)
+    rows, t = x.shape[:2]
+    shared_rank = sum(low.shape[-1] for low, _ in shared)
+    if per_example and shared and shared_rank >= t:
+        # Decoding (t = 1): broadcasting the shared `b`s to every row would copy them `rows` times over;
+        # a second full-width product costs less.
+        return _per_example_delta(per_example, out_letters) + _shared_delta(shared, out_letters)
     if not per_example:
-        b = bs[0] if len(bs) == 1 else jnp.concatenate(bs, axis=0)
-        return tokens_einsum(f"btr,r{out_letters}->bt{out_letters}", low_btr, b)
-    rows = x.shape[0]
-    # Shared `b`s are `[r, out...]`; stacked ones were gathered to `[b, r, out...]`.
-    bs = [jnp.broadcast_to(b, (rows, *b.shape)) if b.ndim == 1 + len(out_letters) else b for b in bs]
-    b = bs[0] if len(bs) == 1 else jnp.concatenate(bs, axis=1)
+        return _shared_delta(shared, out_letters)
+    # Shared `b`s broadcast to `[b, r, out...]` join the per-row ones: one product for all adapters.
+    return _per_example_delta(per_example + [(low, jnp.broadcast_to(b, (rows, *b.shape))) for low, b in shared],
+                              out_letters)
+
+
+def _concat(pairs, b_axis):
+    lows, bs = zip(*pairs)
+    if len(pairs) == 1:
+        return lows[0], bs[0]
+    return jnp.concatenate(lows, axis=-1), jnp.concatenate(bs, axis=b_axis)
+
+
+def _shared_delta(pairs, out_letters):
+    low_btr, b = _concat(pairs, 0)
+    return tokens_einsum(f"btr,r{out_letters}->bt{out_letters}", low_btr, b)
+
+
+def _per_example_delta(pairs, out_letters):
+    low_btr, b = _concat(pairs, 1)
     return jnp.einsum(f"btr,br{out_letters}->bt{out_letters}", low_btr, b)

@@ -101,7 +101,9 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
     b, t = prompt_bt.shape
     adapters = []
     if organisms is not None:
-        adapters.append((organisms, organism_ids_b))
+        # Each row's organism gathered once for the whole loop, when that holds no more than the stack.
+        adapters.append(organisms.per_row(organism_ids_b) if 1 < organisms.num_slots and b <= organisms.num_slots
+                        else (organisms, organism_ids_b))
     if ia is not None:
         adapters.append((ia, ia_ids_b))
     cache = init_cache(model.config, b, t + max_new_tokens)

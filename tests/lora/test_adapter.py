@@ -65,6 +65,23 @@ def test_stacked_then_shared_equals_both_merged(setup):
         np.testing.assert_allclose(composed[row], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [1, 11])  # one token: the shared delta is its own product; 11: joined per row
+def test_per_row_gather_and_one_slot_switch_equal_the_merged_adapters(setup, length):
+    """The sampler's forms: organisms gathered per row once, the IA as a one-slot stack switched per row."""
+    model, organisms, ia = setup
+    tokens = TOKENS[:, :length]
+    ids = np.array([1, 0, -1, 2, 1], np.int32)
+    ia_on = np.array([0, -1, 0, 0, -1], np.int32)
+    one_slot = lora.LoraAdapter(weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
+    rows, row_ids = organisms.per_row(ids)
+    assert rows.num_slots == 5 and row_ids.tolist() == [0, 1, -1, 3, 4]
+    composed = np.asarray(forward(model, tokens, [(rows, row_ids), (one_slot, ia_on)]))
+    for row, (slot, on) in enumerate(zip(ids, ia_on)):
+        merged = model if slot < 0 else lora.merge(model, organisms, int(slot))
+        merged = merged if on < 0 else lora.merge(merged, ia)
+        np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], rtol=1e-5, atol=1e-5)
+
+
 def test_merge_leaves_the_model_alone_and_unmerge_restores_it(setup):
     model, organisms, _ = setup
     before = np.asarray(model.model.layers.self_attn.q_proj.kernel.get_value())
