@@ -122,14 +122,58 @@ class Attention(nnx.Module):
             values_lbskh = jax.lax.dynamic_update_slice(values_lbskh, v_btkh[None].astype(values_lbskh.dtype), at)
             layer_cache = (keys_lbskh, values_lbskh)
             k_btkh, v_btkh = keys_lbskh[layer], values_lbskh[layer]
-        b, t, n, h = q_btnh.shape
-        q_btkgh = q_btnh.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
-        scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_btkh, preferred_element_type=jnp.float32)
-        scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts * self.scale, jnp.finfo(jnp.float32).min)
-        probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_btkh.dtype)
-        out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_btkh)
-        out_btd = self.o_proj(out_btkgh.reshape(b, t, n, h), loras)
+        if layer_cache is None:
+            out_btnh = causal_attention(q_btnh * self.scale, k_btkh, v_btkh, visible_bts)
+        else:
+            out_btnh = attention(q_btnh * self.scale, k_btkh, v_btkh, visible_bts)
+        out_btd = self.o_proj(out_btnh, loras)
         return out_btd, layer_cache
+
+
+def _softmax(scores):
+    """Softmax over the last axis. Written out: XLA:CPU fused `jax.nn.softmax` after the mask about
+    twice as slowly (it recomputed the masked scores for the max and for the exponentials)."""
+    peak = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    unnormalised = jnp.exp(scores - peak)
+    return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
+
+
+def attention(q_btnh, k_bskh, v_bskh, visible_bts):
+    """Grouped-query attention of already-scaled queries; `visible_bts` says which keys each query sees.
+
+    The dots run with batch and kv head leading and each kv head's query heads and positions merged
+    into one axis (`m = g * t`): a plain batched matmul, about twice as fast on XLA:CPU as the same
+    einsum with `b, k` interleaved among the free axes."""
+    b, t, n, h = q_btnh.shape
+    k = k_bskh.shape[2]
+    g = n // k
+    q_bkmh = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
+    k_bksh, v_bksh = k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3)
+    scores_bkgts = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh,
+                              preferred_element_type=jnp.float32).reshape(b, k, g, t, -1)
+    scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
+    probs_bkms = _softmax(scores_bkgts).astype(v_bksh.dtype).reshape(b, k, g * t, -1)
+    out_bkgth = jnp.einsum("bkms,bksh->bkmh", probs_bkms, v_bksh).reshape(b, k, g, t, h)
+    return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def causal_attention(q_btnh, k_btkh, v_btkh, visible_bts, block: int = 128, max_blocks: int = 16):
+    """`attention` over the sequence's own tokens, in query blocks that see only the keys up to their
+    end: most of the masked upper triangle (of `q k^T`, the softmax and `p v`) is never computed.
+
+    On the 2-core CPU benchmark (sequence 256) this function with `attention`'s layout and softmax
+    took the IA SFT step from 4.67 s to 4.30 s (medians of 8, interleaved); blocks of 64 were no
+    faster. At most `max_blocks` blocks, so long sequences do not unroll into many small programs."""
+    t = q_btnh.shape[1]
+    block = max(block, -(-t // max_blocks))
+    if t <= block:
+        return attention(q_btnh, k_btkh, v_btkh, visible_bts)
+    outs = []
+    for start in range(0, t, block):
+        end = min(start + block, t)
+        outs.append(attention(q_btnh[:, start:end], k_btkh[:, :end], v_btkh[:, :end],
+                              visible_bts[:, start:end, :end]))
+    return jnp.concatenate(outs, axis=1)
 
 
 class MLP(nnx.Module):

@@ -106,3 +106,38 @@ def test_from_scratch_model_runs_under_jit():
     model = models.CausalLM(config, rngs=nnx.Rngs(0))
     logits = nnx.jit(lambda m, t: m(t))(model, _tokens())
     assert logits.shape == (2, SEQ, VOCAB) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("block, t", [(4, 13), (8, 16), (16, 16)])
+def test_blockwise_causal_attention_equals_the_full_square_with_padding(block, t):
+    """Query blocks that skip keys after their end give what the full masked square gives, values
+    and gradients, also with left padding and a ragged last block. (A padding query sees no key;
+    what it outputs differs, is never read and gets no gradient, so it is left out.)"""
+    from ia_jax.models.decoder import attention, causal_attention
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in
+               ((2, t, 6, 5), (2, t, 2, 5), (2, t, 2, 5)))
+    real_bt = np.ones((2, t), bool)
+    real_bt[1, :3] = False
+    visible = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & real_bt[:, None, :])
+    cotangent = jnp.asarray(rng.standard_normal((2, t, 6, 5)) * real_bt[:, :, None, None], jnp.float32)
+    real = real_bt[:, :, None, None]
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v, visible) * cotangent)
+
+    full = attention(q, k, v, visible)
+    blocked = causal_attention(q, k, v, visible, block=block)
+    np.testing.assert_allclose(np.where(real, blocked, 0), np.where(real, full, 0), rtol=1e-5, atol=1e-6)
+    blocked_grads = jax.grad(lambda *a: loss(lambda *b: causal_attention(*b, block=block), *a), (0, 1, 2))(q, k, v)
+    for got, want in zip(blocked_grads, jax.grad(lambda *a: loss(attention, *a), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The reference itself: softmax over the visible keys, by hand.
+    scores = np.einsum("btkgh,bskh->bkgts", np.asarray(q).reshape(2, t, 2, 3, 5), np.asarray(k))
+    scores = np.where(np.asarray(visible)[:, None, None], scores, -np.inf)
+    scores[np.isneginf(scores).all(-1)] = 0.0
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    by_hand = np.einsum("bkgts,bskh->btkgh", probs, np.asarray(v)).reshape(2, t, 6, 5)
+    np.testing.assert_allclose(np.where(real, full, 0), np.where(real, by_hand, 0), rtol=1e-5, atol=1e-5)
