@@ -103,7 +103,7 @@ class Attention(nnx.Module):
     def __call__(self, x_btd, cos_bth, sin_bth, visible_bts, loras=(), layer_cache=None, cache_index=None):
         """`visible_bts` covers the t new tokens (s = t) or, with `layer_cache`, every cache slot.
 
-        `layer_cache` is `(keys_lbskh, values_lbskh, layer)`: the whole cache, updated in place at
+        `layer_cache` is `(keys_lbksh, values_lbksh, layer)`: the whole cache, updated in place at
         this layer. Carrying it through the layer scan (rather than scanning over per-layer slices,
         which rebuilds every layer's cache as a new output each step) keeps a decode step from
         copying the cache, which at batch 32 cost as much as the layers' matmuls.
@@ -113,21 +113,17 @@ class Attention(nnx.Module):
         v_btkh = self.v_proj(x_btd, loras)
         if self.q_norm is not None:
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
-        q_btnh = rope.apply_rope(q_btnh, cos_bth, sin_bth)
-        k_btkh = rope.apply_rope(k_btkh, cos_bth, sin_bth)
-        if layer_cache is not None:
-            keys_lbskh, values_lbskh, layer = layer_cache
-            at = (layer, 0, cache_index, 0, 0)
-            keys_lbskh = jax.lax.dynamic_update_slice(keys_lbskh, k_btkh[None].astype(keys_lbskh.dtype), at)
-            values_lbskh = jax.lax.dynamic_update_slice(values_lbskh, v_btkh[None].astype(values_lbskh.dtype), at)
-            layer_cache = (keys_lbskh, values_lbskh)
-            k_btkh, v_btkh = keys_lbskh[layer], values_lbskh[layer]
+        q_btnh = rope.apply_rope(q_btnh, cos_bth, sin_bth) * self.scale
+        k_bkth = rope.apply_rope(k_btkh, cos_bth, sin_bth).transpose(0, 2, 1, 3)
+        v_bkth = v_btkh.transpose(0, 2, 1, 3)
         if layer_cache is None:
-            out_btnh = causal_attention(q_btnh * self.scale, k_btkh, v_btkh, visible_bts)
-        else:
-            out_btnh = attention(q_btnh * self.scale, k_btkh, v_btkh, visible_bts)
-        out_btd = self.o_proj(out_btnh, loras)
-        return out_btd, layer_cache
+            return self.o_proj(causal_attention(q_btnh, k_bkth, v_bkth, visible_bts), loras), None
+        keys_lbksh, values_lbksh, layer = layer_cache
+        at = (layer, 0, 0, cache_index, 0)
+        keys_lbksh = jax.lax.dynamic_update_slice(keys_lbksh, k_bkth[None].astype(keys_lbksh.dtype), at)
+        values_lbksh = jax.lax.dynamic_update_slice(values_lbksh, v_bkth[None].astype(values_lbksh.dtype), at)
+        out_btnh = attention(q_btnh, keys_lbksh[layer], values_lbksh[layer], visible_bts)
+        return self.o_proj(out_btnh, loras), (keys_lbksh, values_lbksh)
 
 
 def _softmax(scores):
@@ -138,17 +134,17 @@ def _softmax(scores):
     return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
 
 
-def attention(q_btnh, k_bskh, v_bskh, visible_bts):
+def attention(q_btnh, k_bksh, v_bksh, visible_bts):
     """Grouped-query attention of already-scaled queries; `visible_bts` says which keys each query sees.
 
-    The dots run with batch and kv head leading and each kv head's query heads and positions merged
-    into one axis (`m = g * t`): a plain batched matmul, about twice as fast on XLA:CPU as the same
-    einsum with `b, k` interleaved among the free axes."""
+    Keys and values come kv-head major (`[b, k, s, h]`, also the cache's layout), and each kv head's
+    query heads and positions are merged into one axis (`m = g * t`), so both dots are plain batched
+    matmuls: about twice as fast on XLA:CPU as the same einsums with `b, k` among the free axes, and a
+    decode step reads each layer's cache without transposing it."""
     b, t, n, h = q_btnh.shape
-    k = k_bskh.shape[2]
+    k = k_bksh.shape[1]
     g = n // k
     q_bkmh = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
-    k_bksh, v_bksh = k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3)
     scores_bkgts = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh,
                               preferred_element_type=jnp.float32).reshape(b, k, g, t, -1)
     scores_bkgts = jnp.where(visible_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
@@ -157,7 +153,7 @@ def attention(q_btnh, k_bskh, v_bskh, visible_bts):
     return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def causal_attention(q_btnh, k_btkh, v_btkh, visible_bts, block: int = 128, max_blocks: int = 16):
+def causal_attention(q_btnh, k_bkth, v_bkth, visible_bts, block: int = 128, max_blocks: int = 16):
     """`attention` over the sequence's own tokens, in query blocks that see only the keys up to their
     end: most of the masked upper triangle (of `q k^T`, the softmax and `p v`) is never computed.
 
@@ -167,11 +163,11 @@ def causal_attention(q_btnh, k_btkh, v_btkh, visible_bts, block: int = 128, max_
     t = q_btnh.shape[1]
     block = max(block, -(-t // max_blocks))
     if t <= block:
-        return attention(q_btnh, k_btkh, v_btkh, visible_bts)
+        return attention(q_btnh, k_bkth, v_bkth, visible_bts)
     outs = []
     for start in range(0, t, block):
         end = min(start + block, t)
-        outs.append(attention(q_btnh[:, start:end], k_btkh[:, :end], v_btkh[:, :end],
+        outs.append(attention(q_btnh[:, start:end], k_bkth[:, :, :end], v_bkth[:, :, :end],
                               visible_bts[:, start:end, :end]))
     return jnp.concatenate(outs, axis=1)
 

@@ -16,8 +16,9 @@ from ia_jax.models.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    keys: jax.Array  # [layers, batch, slots, kv_heads, head_dim]
-    values: jax.Array  # [layers, batch, slots, kv_heads, head_dim]
+    # [layers, batch, kv_heads, slots, head_dim]: kv-head major, the layout attention's dots read.
+    keys: jax.Array
+    values: jax.Array
     valid_bs: jax.Array  # [batch, slots] bool
     index: jax.Array  # int32 scalar: the slot the next token is written to
 
@@ -27,7 +28,7 @@ class KVCache:
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:
-    shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
     return KVCache(
         keys=jnp.zeros(shape, config.compute_dtype),
         values=jnp.zeros(shape, config.compute_dtype),

@@ -117,7 +117,7 @@ def test_blockwise_causal_attention_equals_the_full_square_with_padding(block, t
 
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in
-               ((2, t, 6, 5), (2, t, 2, 5), (2, t, 2, 5)))
+               ((2, t, 6, 5), (2, 2, t, 5), (2, 2, t, 5)))  # keys kv-head major
     real_bt = np.ones((2, t), bool)
     real_bt[1, :3] = False
     visible = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & real_bt[:, None, :])
@@ -134,10 +134,10 @@ def test_blockwise_causal_attention_equals_the_full_square_with_padding(block, t
     for got, want in zip(blocked_grads, jax.grad(lambda *a: loss(attention, *a), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # The reference itself: softmax over the visible keys, by hand.
-    scores = np.einsum("btkgh,bskh->bkgts", np.asarray(q).reshape(2, t, 2, 3, 5), np.asarray(k))
+    scores = np.einsum("btkgh,bksh->bkgts", np.asarray(q).reshape(2, t, 2, 3, 5), np.asarray(k))
     scores = np.where(np.asarray(visible)[:, None, None], scores, -np.inf)
     scores[np.isneginf(scores).all(-1)] = 0.0
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    by_hand = np.einsum("bkgts,bskh->btkgh", probs, np.asarray(v)).reshape(2, t, 6, 5)
+    by_hand = np.einsum("bkgts,bksh->btkgh", probs, np.asarray(v)).reshape(2, t, 6, 5)
     np.testing.assert_allclose(np.where(real, full, 0), np.where(real, by_hand, 0), rtol=1e-5, atol=1e-5)
