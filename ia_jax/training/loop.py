@@ -48,8 +48,10 @@ def run_training(trainer: Trainer, weights: dict, batcher: Batcher, *, steps: in
         batcher.restore(meta["data_position"])
     start = int(jax.device_get(state.step))
     history = []
-    progress = tqdm(total=steps, initial=start, desc=description, disable=steps - start <= 0, leave=False)
+    # Deferred before the bar is drawn: a SIGTERM that lands once the stage shows as started is saved
+    # at the end of a step, never lost between the bar and the loop.
     with preemption.deferred():
+        progress = tqdm(total=steps, initial=start, desc=description, disable=steps - start <= 0, leave=False)
         for step in range(start, steps):
             state, metrics = trainer.step(state, frozen, trainer.put_batch(next(batcher)), rng)
             stop = preemption.requested()
