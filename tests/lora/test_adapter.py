@@ -75,6 +75,8 @@ def test_per_row_gather_and_one_slot_switch_equal_the_merged_adapters(setup, len
     one_slot = lora.LoraAdapter(weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
     rows, row_ids = organisms.per_row(ids)
     assert rows.num_slots == 5 and row_ids.tolist() == [0, 1, -1, 3, 4]
+    with pytest.raises(ValueError, match=r"adapters\[0\]: a per-row adapter of 5 rows applied to a batch of 4"):
+        model(tokens[:4], adapters=[(rows, row_ids[:4])])
     composed = np.asarray(forward(model, tokens, [(rows, row_ids), (one_slot, ia_on)]))
     for row, (slot, on) in enumerate(zip(ids, ia_on)):
         merged = model if slot < 0 else lora.merge(model, organisms, int(slot))

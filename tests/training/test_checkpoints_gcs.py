@@ -203,3 +203,34 @@ def test_training_resumed_from_gcs_matches_an_uninterrupted_run(gcs_root, tiny_t
     trained = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(final)[0]
                if "lora_b" in jax.tree_util.keystr(path)]
     assert trained and max(np.abs(leaf).max() for leaf in trained) > 1e-3  # B started at zero: it trained
+
+
+def test_a_sigterm_as_the_progress_bar_appears_is_saved_after_a_step(tiny_training, tmp_path, monkeypatch):
+    """Callers (and the preemption test of `hf_run`) take the bar as "training started": a SIGTERM then
+    must stop after a saved step, not before any step with nothing saved."""
+    import signal
+
+    from ia_jax.training import loop, preemption
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(preemption._state, "installed", False)
+    preemption.reset()
+    preemption.install()
+    real_tqdm = loop.tqdm
+
+    def tqdm_then_sigterm(*args, **kwargs):
+        bar = real_tqdm(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before this returns
+        return bar
+
+    monkeypatch.setattr(loop, "tqdm", tqdm_then_sigterm)
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), fingerprint=FINGERPRINT, save_every=100)
+    try:
+        with pytest.raises(preemption.Preempted, match=f"saved step 1 of {STEPS}"):
+            _train(tiny_training, checkpointer)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        preemption.reset()
+        checkpointer.close()
+    assert Checkpointer(str(tmp_path / "checkpoints"), fingerprint=FINGERPRINT, save_every=100).latest_step() == 1
+
