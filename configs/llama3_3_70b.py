@@ -17,7 +17,7 @@ def get_config():
     c.hardware.update(accelerator="v5p-128", devices=64, devices_per_host=4, hbm_gib=95.0)
     c.mesh.update(data=1, fsdp=16, tensor=4)
     for stage in ("organisms", "ia_sft", "ia_dpo"):
-        c[stage].remat = True
+        c[stage].remat = "full"
     c.organisms.update(batch_size=64)
     c.ia_sft.update(batch_size=64)
     c.ia_dpo.update(batch_size=32)

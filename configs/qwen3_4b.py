@@ -13,5 +13,5 @@ def get_config():
     c.hardware.update(accelerator="v5p-16", devices=8, devices_per_host=4, hbm_gib=95.0)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     for stage in ("organisms", "ia_sft", "ia_dpo"):
-        c[stage].remat = True
+        c[stage].remat = "full"
     return c

@@ -66,13 +66,13 @@ def default_config() -> ConfigDict:
     c.organisms = dict(per_split={"train": 8, "heldout": 2}, prompts_per_behavior=256, min_keep_rate=0.3,
                        lora=dict(rank=16, alpha=32.0, dropout=0.05), learning_rate=1e-4, warmup_steps=10,
                        weight_decay=0.0, epochs=2, batch_size=32, micro_batches=1, buckets=(512, 1024),
-                       checkpoint_every=100, remat=False)
+                       checkpoint_every=100, remat="projections")
     c.introspection = dict(examples_per_organism=64, base_examples=256, dpo_fraction=0.5)
     c.ia_sft = dict(lora=dict(rank=16, alpha=32.0, dropout=0.05), learning_rate=1e-4, warmup_steps=10,
                     weight_decay=0.0, epochs=2, batch_size=32, micro_batches=1, buckets=(128, 256),
-                    checkpoint_every=100, remat=False)
+                    checkpoint_every=100, remat="projections")
     c.ia_dpo = dict(learning_rate=5e-6, warmup_steps=5, epochs=1, batch_size=16, micro_batches=1, buckets=(256, 512),
-                    samples_per_question=4, beta=0.1, checkpoint_every=50, temperature=1.0, remat=False)
+                    samples_per_question=4, beta=0.1, checkpoint_every=50, temperature=1.0, remat="projections")
     c.eval = dict(samples=4, temperature=1.0, scaffold_temperature=1.0, scaffold_reports=100, max_new_tokens=256,
                   batch_size=64, prompt_buckets=(128, 256))
     return c
@@ -113,9 +113,11 @@ def memory_estimate_gib(config: ConfigDict, stage: str, sizes: dict[str, int], o
 
     Weights divide over fsdp x tensor (every kernel has one axis on each). Trained LoRA weights cost
     16 bytes a parameter (float32 weight, gradient and two Adam moments); frozen adapters 4. Activations
-    per layer kept for the backward pass: about 12 hidden-sized and 3 mlp-sized values per token plus
-    float32 attention probabilities (heads x sequence per token); with remat only each layer's input is
-    kept and one layer is live at a time. Float32 logits and their gradient come last.
+    per layer kept for the backward pass, by `remat`: "none" keeps about 12 hidden-sized and 3 mlp-sized
+    values per token plus float32 attention probabilities (heads x sequence per token); "projections"
+    the projection outputs, about 5 hidden-sized and 2 mlp-sized; "full" only each layer's input. Under
+    a policy one layer's whole set is live at a time during its backward pass. Float32 logits and
+    their gradient come last.
     """
     arch, recipe = config.architecture, config[stage]
     shards = sizes["fsdp"] * sizes["tensor"]
@@ -132,12 +134,14 @@ def memory_estimate_gib(config: ConfigDict, stage: str, sizes: dict[str, int], o
     act = _BYTES[config.base.dtype]
     tokens = rows_per_device * seq
     heads = arch.num_heads / sizes["tensor"]
-    per_layer = tokens * ((12 * arch.hidden_size + 3 * arch.intermediate_size / sizes["tensor"]) * act
-                          + heads * seq * 4)
-    if recipe.remat:
-        kept = arch.num_layers * tokens * arch.hidden_size * act + per_layer
-    else:
+    mlp = arch.intermediate_size / sizes["tensor"]
+    per_layer = tokens * ((12 * arch.hidden_size + 3 * mlp) * act + heads * seq * 4)
+    if recipe.remat == "none":
         kept = arch.num_layers * per_layer
+    elif recipe.remat == "projections":
+        kept = arch.num_layers * tokens * (5 * arch.hidden_size + 2 * mlp) * act + per_layer
+    else:
+        kept = arch.num_layers * tokens * arch.hidden_size * act + per_layer
     logits = 2 * tokens * arch.vocab_size / sizes["tensor"] * 4
     return (weights + adapters + kept + logits) / 2**30
 
@@ -189,7 +193,7 @@ def validate(config: ConfigDict, devices: int | None = None, hosts: int | None =
         memory[stage] = memory_estimate_gib(config, stage, sizes, organisms)
         if memory[stage] > _HEADROOM * config.hardware.hbm_gib:
             _fail(f"{stage}", f"needs about {memory[stage]:.1f} GiB per device, over {_HEADROOM:.0%} of "
-                  f"hardware.hbm_gib={config.hardware.hbm_gib}; turn on remat, raise micro_batches or shard wider")
+                  f"hardware.hbm_gib={config.hardware.hbm_gib}; set remat='full', raise micro_batches or shard wider")
     longest = max(config.eval.prompt_buckets) + config.eval.max_new_tokens
     if longest > arch.max_position_embeddings:
         _fail("eval.prompt_buckets", f"longest prompt + eval.max_new_tokens = {longest} exceeds "

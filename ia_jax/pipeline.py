@@ -29,6 +29,7 @@ from ia_jax.introspection import pipeline as phase2
 from ia_jax.introspection.dpo import DpoRecipe
 from ia_jax.introspection.sft import IaRecipe
 from ia_jax.lora.peft_io import load_peft
+from ia_jax.models.decoder import check_remat
 from ia_jax.organisms import pipeline as phase1
 from ia_jax.organisms.train import OrganismRecipe
 from ia_jax.sampling.sampler import SamplingParams
@@ -69,6 +70,8 @@ def recipe_from(cls, section: ConfigDict, where: str, *, other: tuple[str, ...] 
     if unknown:
         raise ValueError(f"config.{where}.{unknown[0]}: unknown field; {cls.__name__} has {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in fields and k not in extra}
+    if "remat" in values:
+        check_remat(values["remat"], f"config.{where}.remat")
     return cls(**values, **extra)
 
 

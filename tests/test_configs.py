@@ -79,7 +79,9 @@ def test_the_70b_estimate_matches_a_hand_count():
     (["--config.ia_sft.batch_size=40"], None, r"config.ia_sft.batch_size: 40 / micro_batches=1 = 40 rows must be "
                                               r"a multiple of data x fsdp = 16"),
     (["--config.ia_sft.buckets=(256,200000)"], None, r"config.ia_sft.buckets: .* max_position_embeddings=131072"),
-    (["--config.organisms.remat=False"], None, r"config.organisms: needs about .* GiB per device"),
+    (["--config.organisms.remat=none"], None, r"config.organisms: needs about .* GiB per device"),
+    (["--config.ia_sft.remat=dots"], None,
+     r"config.ia_sft.remat='dots': choose one of \['none', 'projections', 'full'\]"),
     ([], 32, r"config.mesh: \{'data': 1, 'fsdp': 16, 'tensor': 4\} covers 64 devices, but there are 32"),
 ])
 def test_broken_configs_fail_naming_the_field(overrides, devices, message):

@@ -15,6 +15,7 @@ import jax
 import optax
 
 from ia_jax.data.batching import Batcher
+from ia_jax.models.decoder import check_remat
 from ia_jax.training.optimizer import OptimizerConfig, make_optimizer
 
 
@@ -29,9 +30,12 @@ class Recipe:
     buckets: tuple[int, ...] = (64, 128, 256, 512)
     checkpoint_every: int = 50
     seed: int = 0
-    # Recompute each layer's activations in the backward pass: memory for about a third more compute,
-    # what sequences of thousands of tokens on 70B layers need.
-    remat: bool = False
+    # What each layer keeps for the backward pass (ia_jax/models/decoder.py REMAT_POLICIES): "projections"
+    # is the fastest measured; "full" (recompute each layer) is what thousands of tokens on 70B layers need.
+    remat: str = "projections"
+
+    def __post_init__(self):
+        check_remat(self.remat, f"{type(self).__name__}.remat")
 
 
 def plan_run(examples: Sequence[dict], recipe: Recipe) -> tuple[Batcher, int, optax.GradientTransformation,

@@ -20,6 +20,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, check_ids
+from ia_jax.models.decoder import check_remat
 from ia_jax.parallel import sharding
 from ia_jax.training import losses
 
@@ -50,8 +51,11 @@ class Composition:
     graphdef: Any
     adapters: tuple[AdapterSlot, ...] = ()
     trainable: str | int = "base"
-    remat: bool = False
+    remat: str = "projections"  # a decoder.REMAT_POLICIES name
     activation_mesh: tuple | None = None  # (mesh, rules): pin activations to the batch layout
+
+    def __post_init__(self):
+        check_remat(self.remat)
 
     def split(self, weights: dict) -> tuple[Any, dict]:
         """(trainable params, frozen weights with the trainable part set to None)."""

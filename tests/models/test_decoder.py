@@ -78,24 +78,48 @@ def test_bfloat16_compute_within_documented_tolerance(reference_checkpoint, name
     assert 1e-5 < error < BF16_RELATIVE_TOLERANCE  # the lower bound proves bfloat16 really ran
 
 
-def test_rematerialised_layers_give_the_same_logits_and_gradients(reference_checkpoint):
+@pytest.mark.parametrize("policy", ["projections", "full"])
+def test_rematerialised_layers_give_the_same_logits_and_gradients(reference_checkpoint, policy):
+    """With a stacked and a shared adapter under dropout: recomputed layers must redraw the same
+    dropout masks, or the adapters' gradients would silently come from other masks than the loss."""
     from flax import nnx
+
+    from ia_jax import lora
 
     path, _ = reference_checkpoint("qwen3_gqa_tied")
     model = models.load_hf(path)
     tokens = _tokens()
     graphdef, state = nnx.split(model)
+    config = model.config
+    stacked = lora.init_adapter(config, lora.LoraConfig(rank=4, alpha=8.0, dropout=0.0), jax.random.key(1),
+                                num_slots=2)
+    stacked = jax.tree.map(lambda w: w + 0.05 * jax.random.normal(jax.random.key(2), w.shape), stacked.weights)
+    shared_config = lora.LoraConfig(rank=4, alpha=8.0, dropout=0.3)
+    shared = lora.init_adapter(config, shared_config, jax.random.key(3)).weights
+    shared = jax.tree.map(lambda w: w + 0.05 * jax.random.normal(jax.random.key(4), w.shape), shared)
 
-    def loss(state, remat):
+    def loss(state, shared, remat):
         m = nnx.merge(graphdef, state)
         m.remat = remat
-        return jnp.mean(m(tokens) ** 2)
+        adapters = [(lora.LoraAdapter(stacked, stacked_config, 2), jnp.array([1, 0])),
+                    (lora.LoraAdapter(shared, shared_config), None)]
+        return jnp.mean(m(tokens, adapters=adapters, dropout_rng=jax.random.key(5)) ** 2)
 
-    plain_loss, plain_grads = jax.value_and_grad(loss)(state, False)
-    remat_loss, remat_grads = jax.value_and_grad(loss)(state, True)
+    stacked_config = lora.LoraConfig(rank=4, alpha=8.0, dropout=0.0)
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    plain_loss, plain_grads = grad(state, shared, "none")
+    remat_loss, remat_grads = grad(state, shared, policy)
     np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(remat_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # The policies differ in what they keep: fewer saved residuals, not the same program under a name.
+    def kept(remat):  # elements the backward pass holds on to: the residuals inside the vjp closure
+        _, backward = jax.vjp(lambda s, a: loss(s, a, remat), state, shared)
+        return sum(x.size for x in jax.tree.leaves(backward))
+
+    assert kept(policy) < kept("none")
+    with pytest.raises(ValueError, match=r"remat='dots': choose one of \['none', 'projections', 'full'\]"):
+        loss(state, shared, "dots")
 
 
 def test_from_scratch_model_runs_under_jit():
