@@ -27,6 +27,20 @@ def test_sft_loss_is_mean_nll_over_assistant_targets():
     assert float(metrics["token_accuracy"]) == 1.0
 
 
+def test_sft_loss_gradient_is_softmax_minus_one_hot_over_counted_positions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (2, 5, 7)).astype(np.float32)
+    tokens = rng.integers(0, 7, (2, 5)).astype(np.int32)
+    loss_mask = np.array([[0, 1, 1, 0, 1], [1, 0, 1, 1, 1]], np.int32)
+    counted = loss_mask[:, 1:].astype(np.float64)
+    probs = np.exp(_log_softmax(logits[:, :-1]))
+    one_hot = np.eye(7)[tokens[:, 1:]]
+    expected = np.zeros(logits.shape)
+    expected[:, :-1] = (probs - one_hot) * counted[..., None] / counted.sum()
+    grad = jax.grad(lambda x: losses.sft_loss(x, tokens, loss_mask)[0])(jnp.asarray(logits))
+    np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
 def _dpo_by_hand(pc, pr, rc, rr, beta, eps):
     logit = beta * ((pc - rc) - (pr - rr))
     log_sig = lambda z: -np.log1p(np.exp(-z))  # noqa: E731
