@@ -36,9 +36,12 @@ def main(argv):
     data = [OrganismData(name=f"organism_{i}", examples=[{k: v for k, v in e.items() if k != "organism_id"}
                                                          for e in workloads.organism_examples(base.config, job, i)])
             for i in job["organisms"]]
+    # Bucketed as the recipe's default is (powers of two): the loss span, half of each example, then
+    # gets the LM head at its own width rather than at every position.
+    seq = job["seq_len"]
+    buckets = tuple(b for b in OrganismRecipe().buckets if b < seq) + (seq,)
     recipe = OrganismRecipe(lora=workloads.lora_config(job["lora"]), learning_rate=job["learning_rate"],
-                            batch_size=job["batch_size"], buckets=(job["seq_len"],), checkpoint_every=10**9,
-                            seed=job["seed"])
+                            batch_size=job["batch_size"], buckets=buckets, checkpoint_every=10**9, seed=job["seed"])
     adapter, history = train_organisms(graphdef, state, data, recipe, os.path.join(_WORKDIR.value, "train"),
                                        log_every=10**9)
     for slot, organism in enumerate(data):
