@@ -14,15 +14,36 @@ import jax.numpy as jnp
 def token_log_probs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
     """log p(target) per position, in float32 whatever the logits dtype.
 
-    The target's logit is picked by comparing against the vocabulary index rather than gathered: the
-    gradient is then elementwise (`where(v == target, g, 0) - softmax * g`), one fused pass over the
-    `[b, t, vocab]` logits, instead of a zero-filled `[b, t, vocab]` buffer scattered into and added.
+    Written with its own gradient, `g * (one_hot(target) - softmax)`: one fused pass over the
+    `[b, t, vocab]` logits. Autodiff of log_softmax + take_along_axis instead zero-fills a
+    `[b, t, vocab]` buffer, scatters into it and adds it to the softmax term (on the CPU organism step
+    about 150 ms of 4-5 s, against 15 ms now).
     """
-    logits_btv = logits_btv.astype(jnp.float32)
-    vocab_v = jnp.arange(logits_btv.shape[-1], dtype=jnp.int32)
-    is_target_btv = vocab_v == targets_bt[..., None].astype(jnp.int32)
-    target_bt = jnp.sum(jnp.where(is_target_btv, logits_btv, 0.0), axis=-1)
-    return target_bt - jax.nn.logsumexp(logits_btv, axis=-1)
+    return _target_log_softmax(logits_btv.astype(jnp.float32), targets_bt.astype(jnp.int32))
+
+
+@jax.custom_vjp
+def _target_log_softmax(logits_btv, targets_bt):
+    return _target_log_softmax_forward(logits_btv, targets_bt)[0]
+
+
+def _target_log_softmax_forward(logits_btv, targets_bt):
+    lse_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+    picked_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
+    return picked_bt - lse_bt, (logits_btv, lse_bt, targets_bt)
+
+
+def _target_log_softmax_backward(residuals, g_bt):
+    logits_btv, lse_bt, targets_bt = residuals
+    # Materialised first, or XLA fuses the targets' index arithmetic into the vocabulary-wide loop and
+    # redoes it for every logit.
+    targets_bt, g_bt = jax.lax.optimization_barrier((targets_bt, g_bt))
+    is_target_btv = jnp.arange(logits_btv.shape[-1], dtype=jnp.int32) == targets_bt[..., None]
+    softmax_btv = jnp.exp(logits_btv - lse_bt[..., None])
+    return g_bt[..., None] * (is_target_btv.astype(jnp.float32) - softmax_btv), None
+
+
+_target_log_softmax.defvjp(_target_log_softmax_forward, _target_log_softmax_backward)
 
 
 def _next_token(logits_btv, tokens_bt, loss_mask_bt):
