@@ -75,9 +75,10 @@ class Composition:
         return weights
 
     def forward(self, weights: dict, tokens_bt, attention_mask_bt, organism_ids_b, dropout_rng=None,
-                logit_positions_bl=None):
+                logit_positions_bl=None, trained_rows_s=None):
         """Logits of the composed model (at `logit_positions_bl` only, when given); stacked adapters
-        take `organism_ids_b` as their slot ids."""
+        take `organism_ids_b` as their slot ids. `trained_rows_s`: the trained stack arrives as a
+        subset of its slots, slot i at row `trained_rows_s[i]` (see `make_train_step`)."""
         model = nnx.merge(self.graphdef, weights["base"])
         model.remat = self.remat
         model.activation_mesh = self.activation_mesh
@@ -86,8 +87,11 @@ class Composition:
             # Frozen adapters run as at inference: the IA learns to read the organism it will be
             # audited on, not a noised one (and their dropout masks would be wasted work).
             config = slot.config if i == self.trainable else dataclasses.replace(slot.config, dropout=0.0)
-            adapters.append((LoraAdapter(w, config, slot.num_slots),
-                             organism_ids_b if slot.num_slots is not None else None))
+            ids_b, num_slots = (organism_ids_b if slot.num_slots is not None else None), slot.num_slots
+            if i == self.trainable and trained_rows_s is not None:
+                ids_b = jnp.where(ids_b >= 0, trained_rows_s[jnp.maximum(ids_b, 0)], -1)
+                num_slots = jax.tree.leaves(w)[0].shape[1]
+            adapters.append((LoraAdapter(w, config, num_slots), ids_b))
         return model(tokens_bt, attention_mask_bt=attention_mask_bt, adapters=adapters, dropout_rng=dropout_rng,
                      logit_positions_bl=logit_positions_bl)
 
@@ -168,6 +172,16 @@ def _present_slots(organism_ids, num_slots):
     return jnp.zeros((num_slots,), jnp.bool_).at[jnp.where(ids >= 0, ids, 0)].max(ids >= 0)
 
 
+def _slot_subset(organism_ids, num_slots):
+    """(slots_k, rows_s, present_k): `k` = the batch's example count of distinct slots, those present
+    first, then absent ones to fill; `rows_s` maps each slot to its row in that subset (>= k: not in it)."""
+    k = min(num_slots, organism_ids.size)
+    present_s = _present_slots(organism_ids, num_slots)
+    order_s = jnp.argsort(~present_s, stable=True).astype(jnp.int32)
+    slots_k = order_s[:k]
+    return slots_k, jnp.argsort(order_s).astype(jnp.int32), present_s[slots_k]
+
+
 def make_train_step(composition: Composition, objective: Objective, optimizer: optax.GradientTransformation,
                     schedule: Callable | None = None):
     """The pure step. Batch leaves are `[micro_batches, batch, ...]`.
@@ -175,15 +189,20 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
     Training a stacked adapter: slots absent from the batch keep their weights and Adam moments
     exactly (as if their optimizer had not stepped). The step count used for bias correction and the
     learning-rate schedule is shared by all slots, and clipping uses the norm over all slots.
+
+    With more slots than the batch has examples, the step differentiates, clips and updates only as
+    many slots as there are examples (the present ones first) and writes them back: a job of hundreds
+    of organisms pays per step for the organisms in the batch, not for a gradient and an Adam update
+    of the whole stack.
     """
     trained_slot = None if composition.trainable == "base" else composition.adapters[composition.trainable]
 
-    def loss_fn(params, frozen, micro_batch, rng):
+    def loss_fn(params, frozen, micro_batch, rng, trained_rows_s=None):
         weights = composition.combine(params, frozen)
 
         def forward(tokens, attention_mask, organism_ids, logit_positions=None):
             return composition.forward(weights, tokens, attention_mask, organism_ids, dropout_rng=rng,
-                                       logit_positions_bl=logit_positions)
+                                       logit_positions_bl=logit_positions, trained_rows_s=trained_rows_s)
 
         loss_sum, weight, sums = objective(forward, micro_batch)
         return loss_sum, (weight, sums)
@@ -192,44 +211,58 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
 
     def step(state: TrainState, frozen, batch, rng):
         step_rng = jax.random.fold_in(rng, state.step)
+        stacked = trained_slot is not None and trained_slot.num_slots is not None
+        subset = None
+        params, opt_state = state.params, state.opt_state
+        # Which optimizer-state leaves are shaped like the parameters (Adam's moments, not its count).
+        is_param = optax.tree_map_params(optimizer, lambda _: True, opt_state, transform_non_params=lambda _: False)
+        if stacked and batch["organism_ids"].size < trained_slot.num_slots:
+            slots_k, rows_s, present_k = subset = _slot_subset(batch["organism_ids"], trained_slot.num_slots)
+            take = lambda x: x[:, slots_k]  # noqa: E731  (slot axis 1 in every [layers, slots, ...] leaf)
+            params = jax.tree.map(take, params)
+            opt_state = optax.tree_map_params(optimizer, take, opt_state)
 
         def accumulate(carry, inputs):
             micro_batch, index = inputs
-            (loss_sum, (weight, sums)), grads = grad_fn(state.params, frozen, micro_batch,
-                                                        jax.random.fold_in(step_rng, index))
+            (loss_sum, (weight, sums)), grads = grad_fn(params, frozen, micro_batch,
+                                                        jax.random.fold_in(step_rng, index),
+                                                        None if subset is None else subset[1])
             acc_grads, acc_loss, acc_weight, acc_sums = carry
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
             return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss_sum, acc_weight + weight,
                     jax.tree.map(jnp.add, acc_sums, sums)), None
 
         micro_batches = jax.tree.leaves(batch)[0].shape[0]
-        zero_sums = jax.eval_shape(lambda: loss_fn(state.params, frozen, jax.tree.map(lambda x: x[0], batch),
-                                                   None)[1][1])
+        zero_sums = jax.eval_shape(lambda: loss_fn(params, frozen, jax.tree.map(lambda x: x[0], batch), None,
+                                                   None if subset is None else subset[1])[1][1])
         # Accumulate in float32 whatever the parameter dtype: bfloat16 sums lose small gradients.
-        init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params), jnp.zeros((), jnp.float32),
+        init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), jnp.zeros((), jnp.float32),
                 jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums))
         (grads, loss_sum, weight, sums), _ = jax.lax.scan(
             accumulate, init, (batch, jnp.arange(micro_batches, dtype=jnp.int32)))
         weight = jnp.maximum(weight, 1.0)
-        grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        if trained_slot is not None and trained_slot.num_slots is not None:
-            present = _present_slots(batch["organism_ids"], trained_slot.num_slots)
+        grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        if stacked:
+            present = _present_slots(batch["organism_ids"], trained_slot.num_slots) if subset is None else subset[2]
 
             def keep_absent(new, old):  # slot axis is 1 in every [layers, slots, ...] leaf
                 return jnp.where(present.reshape((1, -1) + (1,) * (new.ndim - 2)), new, old)
 
             updates = jax.tree.map(lambda u: keep_absent(u, jnp.zeros_like(u)), updates)
-            is_param = optax.tree_map_params(optimizer, lambda _: True, opt_state,
-                                             transform_non_params=lambda _: False)
-            opt_state = jax.tree.map(lambda param_like, new, old: keep_absent(new, old) if param_like else new,
-                                     is_param, opt_state, state.opt_state)
-        params = optax.apply_updates(state.params, updates)
+            new_opt_state = jax.tree.map(lambda param_like, new, old: keep_absent(new, old) if param_like else new,
+                                         is_param, new_opt_state, opt_state)
+        new_params = optax.apply_updates(params, updates)
+        if subset is not None:
+            put = lambda full, part: full.at[:, subset[0]].set(part)  # noqa: E731
+            new_params = jax.tree.map(put, state.params, new_params)
+            new_opt_state = jax.tree.map(lambda param_like, part, full: put(full, part) if param_like else part,
+                                         is_param, new_opt_state, state.opt_state)
         metrics = {"loss": loss_sum / weight, **{k: v / weight for k, v in sums.items()},
                    "grad_norm": optax.tree.norm(grads), "weight": weight}
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state), metrics
 
     return step
 

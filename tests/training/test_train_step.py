@@ -127,6 +127,50 @@ def test_stacked_step_changes_only_slots_in_the_batch(weights):
                 assert per_slot[1] == 0 and per_slot[3] == 0, (target, key)
 
 
+def test_slot_subset_lists_present_slots_first_and_maps_every_slot_to_its_row():
+    slots_k, rows_s, present_k = jax.device_get(ts._slot_subset(np.array([[5, -1, 2], [5, 7, -1]]), 8))
+    assert list(slots_k) == [2, 5, 7, 0, 1, 3] and list(present_k) == [True] * 3 + [False] * 3  # as many as rows
+    assert all(rows_s[slot] == row for row, slot in enumerate(slots_k)) and sorted(rows_s) == list(range(8))
+    slots_k, _, present_k = jax.device_get(ts._slot_subset(np.array([[3, -1, -1, -1]]), 8))
+    assert list(slots_k) == [3, 0, 1, 2] and list(present_k) == [True, False, False, False]
+
+
+def test_a_batch_smaller_than_the_stack_trains_its_slots_as_the_whole_stack_would(weights, monkeypatch):
+    """2-row batches on a 4-slot stack differentiate and update 2 slots; the same rows padded to 4
+    (id -1, no loss) take the whole-stack path. Weights, Adam moments, loss and gradient norm agree,
+    with clipping and weight decay on, including slots that were trained earlier and are absent now."""
+    subsets = []
+    original = ts._slot_subset
+    monkeypatch.setattr(ts, "_slot_subset", lambda *a: subsets.append(a) or original(*a))
+    optimizer, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, weight_decay=0.1, max_grad_norm=0.05))
+    batches = [_batch(1, 2, seed=i, ids=ids) for i, ids in enumerate([[1, 3], [2, 2], [0, -1]])]
+
+    def padded(batch):
+        pad = {k: np.concatenate([v, np.zeros_like(v)], axis=1) for k, v in batch.items()}
+        pad["organism_ids"][:, 2:] = -1
+        return pad
+
+    results = []
+    for feed in (batches, [padded(b) for b in batches]):
+        trainer = _trainer(weights, 0, optimizer, _single_device_mesh())
+        state, frozen = trainer.place(weights[2])
+        metrics = []
+        for batch in feed:
+            state, m = trainer.step(state, frozen, trainer.put_batch(batch), jax.random.key(0))
+            metrics.append(jax.device_get(m))
+        results.append((jax.device_get(state), metrics))
+    assert subsets and all(a[0].size == 2 for a in subsets)  # the 2-row batches took the subset path
+    (subset_state, subset_metrics), (whole_state, whole_metrics) = results
+    for a, b in zip(subset_metrics, whole_metrics):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
+    assert subset_metrics[0]["grad_norm"] > 0.05  # clipping was active
+    for a, b in zip(jax.tree.leaves(subset_state), jax.tree.leaves(whole_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    first = _per_slot_change(weights[2]["adapters"][0]["q"]["lora_a"], subset_state.params["q"]["lora_a"])
+    assert all(change > 0 for change in first)  # every slot was trained at some step
+
+
 def test_ids_outside_the_stack_are_refused_before_the_step(weights):
     trainer = _trainer(weights, 1, optax.sgd(1.0), _single_device_mesh())
     with pytest.raises(lora.AdapterError, match=r"batch organism_ids \(adapter 0\): ids \[4\] are outside the "
