@@ -17,7 +17,7 @@ def token_log_probs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
     Written with its own gradient, `g * (one_hot(target) - softmax)`: one fused pass over the
     `[b, t, vocab]` logits. Autodiff of log_softmax + take_along_axis instead zero-fills a
     `[b, t, vocab]` buffer, scatters into it and adds it to the softmax term (on the CPU organism step
-    about 150 ms of 4-5 s, against 15 ms now).
+    about 150 ms of 4-5 s; forward and backward now take about 40 ms).
     """
     return _target_log_softmax(logits_btv.astype(jnp.float32), targets_bt.astype(jnp.int32))
 

@@ -173,8 +173,9 @@ def _present_slots(organism_ids, num_slots):
 
 
 def _slot_subset(organism_ids, num_slots):
-    """(slots_k, rows_s, present_k): `k` = the batch's example count of distinct slots, those present
-    first, then absent ones to fill; `rows_s` maps each slot to its row in that subset (>= k: not in it)."""
+    """(slots_k, rows_s, present_k): `k` distinct slots, k = the batch's example count (so every present
+    slot fits), present ones first and absent ones after; `rows_s` maps each slot to its row in
+    `slots_k` (>= k: not in it); `present_k` marks the present ones."""
     k = min(num_slots, organism_ids.size)
     present_s = _present_slots(organism_ids, num_slots)
     order_s = jnp.argsort(~present_s, stable=True).astype(jnp.int32)
@@ -212,12 +213,12 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
     def step(state: TrainState, frozen, batch, rng):
         step_rng = jax.random.fold_in(rng, state.step)
         stacked = trained_slot is not None and trained_slot.num_slots is not None
-        subset = None
         params, opt_state = state.params, state.opt_state
         # Which optimizer-state leaves are shaped like the parameters (Adam's moments, not its count).
         is_param = optax.tree_map_params(optimizer, lambda _: True, opt_state, transform_non_params=lambda _: False)
+        slots_k = rows_s = present_k = None  # set when only a subset of the stack is trained this step
         if stacked and batch["organism_ids"].size < trained_slot.num_slots:
-            slots_k, rows_s, present_k = subset = _slot_subset(batch["organism_ids"], trained_slot.num_slots)
+            slots_k, rows_s, present_k = _slot_subset(batch["organism_ids"], trained_slot.num_slots)
             take = lambda x: x[:, slots_k]  # noqa: E731  (slot axis 1 in every [layers, slots, ...] leaf)
             params = jax.tree.map(take, params)
             opt_state = optax.tree_map_params(optimizer, take, opt_state)
@@ -225,8 +226,7 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
         def accumulate(carry, inputs):
             micro_batch, index = inputs
             (loss_sum, (weight, sums)), grads = grad_fn(params, frozen, micro_batch,
-                                                        jax.random.fold_in(step_rng, index),
-                                                        None if subset is None else subset[1])
+                                                        jax.random.fold_in(step_rng, index), rows_s)
             acc_grads, acc_loss, acc_weight, acc_sums = carry
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
             return (jax.tree.map(jnp.add, acc_grads, grads), acc_loss + loss_sum, acc_weight + weight,
@@ -234,7 +234,7 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
 
         micro_batches = jax.tree.leaves(batch)[0].shape[0]
         zero_sums = jax.eval_shape(lambda: loss_fn(params, frozen, jax.tree.map(lambda x: x[0], batch), None,
-                                                   None if subset is None else subset[1])[1][1])
+                                                   rows_s)[1][1])
         # Accumulate in float32 whatever the parameter dtype: bfloat16 sums lose small gradients.
         init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), jnp.zeros((), jnp.float32),
                 jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums))
@@ -244,7 +244,7 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
         grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         if stacked:
-            present = _present_slots(batch["organism_ids"], trained_slot.num_slots) if subset is None else subset[2]
+            present = _present_slots(batch["organism_ids"], trained_slot.num_slots) if slots_k is None else present_k
 
             def keep_absent(new, old):  # slot axis is 1 in every [layers, slots, ...] leaf
                 return jnp.where(present.reshape((1, -1) + (1,) * (new.ndim - 2)), new, old)
@@ -253,8 +253,8 @@ def make_train_step(composition: Composition, objective: Objective, optimizer: o
             new_opt_state = jax.tree.map(lambda param_like, new, old: keep_absent(new, old) if param_like else new,
                                          is_param, new_opt_state, opt_state)
         new_params = optax.apply_updates(params, updates)
-        if subset is not None:
-            put = lambda full, part: full.at[:, subset[0]].set(part)  # noqa: E731
+        if slots_k is not None:
+            put = lambda full, part: full.at[:, slots_k].set(part)  # noqa: E731
             new_params = jax.tree.map(put, state.params, new_params)
             new_opt_state = jax.tree.map(lambda param_like, part, full: put(full, part) if param_like else part,
                                          is_param, new_opt_state, state.opt_state)
