@@ -8,7 +8,9 @@ Workloads (after compiling and warming up; medians over `repeats`):
 - `organisms`: K organisms trained in one job versus K single-organism jobs, each job a fresh process
   (`organism_job.py`) timed from start-up to saved adapters.
 - `decode`: greedy KV-cached sampling with organism and IA adapters, tokens/s at several batch sizes.
-The reference (`torch_reference.py`) runs each workload right after ours, never alongside it.
+The reference (`torch_reference.py`) runs the same workloads; the two sides' calls take turns
+(`workloads.interleaved`), never run alongside each other, so drift in a shared machine's speed
+weighs on both alike.
 Prints a table; writes `--out` JSON and a bar chart of the ratios beside it.
 """
 
@@ -49,20 +51,26 @@ def _summary(first: float, times: list[float]) -> dict:
     return {"seconds": statistics.median(times), "times": times, "first_call_seconds": first}
 
 
+def _timed_sides(c, ours, reference_call) -> dict:
+    """`{"ours": (first, times)[, "reference": ...]}`, the two sides timed in turns (see `interleaved`)."""
+    calls = {"ours": ours}
+    if c.reference:
+        calls["reference"] = reference_call()
+    return workloads.interleaved(calls, warmup=c.warmup, repeats=c.repeats)
+
+
 def _step_workload(c, model, base, peak, objective, batch, rows: int, reference_call) -> dict:
     organism_lora, ia_lora = workloads.lora_config(c.organism_lora), workloads.lora_config(c.ia_lora)
-    first, times = workloads.ia_train_step_times(
+    ours = workloads.ia_train_step_call(
         base, batch, objective, organism_lora=organism_lora, ia_lora=ia_lora, slots=c.organisms_in_batch,
-        learning_rate=c.learning_rate, warmup=c.warmup, repeats=c.repeats, seed=c.seed)
+        learning_rate=c.learning_rate, seed=c.seed)
     step_flops = flops.lora_train_step_flops(model, rows=rows, seq=c.seq_len, scored=c.answer_tokens,
                                              frozen=(organism_lora,), trained=ia_lora)
-    result = {"tokens": rows * c.seq_len, "model_flops": step_flops, "ours": _summary(first, times)}
-    if c.reference:
-        result["reference"] = {"seconds": statistics.median(t := reference_call()), "times": t}
-    for side in ("ours", "reference"):
-        if side in result:
-            seconds = result[side]["seconds"]
-            result[side].update(tokens_per_second=rows * c.seq_len / seconds, mfu=step_flops / seconds / peak)
+    result = {"tokens": rows * c.seq_len, "model_flops": step_flops}
+    for side, (first, times) in _timed_sides(c, ours, reference_call).items():
+        seconds = statistics.median(times)
+        result[side] = {**_summary(first, times), "tokens_per_second": rows * c.seq_len / seconds,
+                        "mfu": step_flops / seconds / peak}
     if c.reference:
         result["ratio"] = result["reference"]["seconds"] / result["ours"]["seconds"]
     return result
@@ -74,10 +82,9 @@ def ia_sft(c, model, base, peak) -> dict:
     batch = workloads.one_batch(examples, c.batch_size, c.seq_len)
     plain = {k: batch[k][0] for k in ("tokens", "attention_mask", "loss_mask")}
     return _step_workload(c, model, base, peak, ts.sft_objective, batch, c.batch_size, lambda: (
-        torch_reference.ia_sft_step_times(
+        torch_reference.ia_sft_step_call(
             to_hf_dict(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-            ia_lora=_torch_lora(c.ia_lora), learning_rate=c.learning_rate, warmup=c.warmup, repeats=c.repeats,
-            seed=c.seed)))
+            ia_lora=_torch_lora(c.ia_lora), learning_rate=c.learning_rate, seed=c.seed)))
 
 
 def dpo(c, model, base, peak) -> dict:
@@ -86,10 +93,9 @@ def dpo(c, model, base, peak) -> dict:
     batch = workloads.one_batch(pairs, c.batch_size, c.seq_len)
     plain = {k: batch[k][0] for k in batch if not k.endswith("positions") and k != "organism_ids"}
     return _step_workload(c, model, base, peak, ts.dpo_objective(c.dpo_beta), batch, 2 * c.batch_size, lambda: (
-        torch_reference.dpo_step_times(
+        torch_reference.dpo_step_call(
             to_hf_dict(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-            ia_lora=_torch_lora(c.ia_lora), beta=c.dpo_beta, learning_rate=c.learning_rate, warmup=c.warmup,
-            repeats=c.repeats, seed=c.seed)))
+            ia_lora=_torch_lora(c.ia_lora), beta=c.dpo_beta, learning_rate=c.learning_rate, seed=c.seed)))
 
 
 def _run_job(base_dir: str, workdir: str, job: dict) -> float:
@@ -112,9 +118,15 @@ def organisms(c, model, base, peak) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         save_hf(base, base_dir)
+        def single_job(i):
+            return _run_job(base_dir, os.path.join(scratch, f"single_{i}"), {**job, "organisms": [i]})
+
+        # The single jobs run half before and half after the one job, so drift in the machine's speed
+        # during the run weighs on both sides.
+        before = sequential // 2
+        single = [single_job(i) for i in range(before)]
         one_job = _run_job(base_dir, os.path.join(scratch, "all"), {**job, "organisms": list(range(count))})
-        single = [_run_job(base_dir, os.path.join(scratch, f"single_{i}"), {**job, "organisms": [i]})
-                  for i in range(sequential)]
+        single += [single_job(i) for i in range(before, sequential)]
     sequential_seconds = sum(single) * count / sequential
     result = {"organisms": count, "examples_per_organism": jobs.examples_per_organism,
               "ours": {"one_job_seconds": one_job, "single_job_seconds": single,
@@ -142,20 +154,15 @@ def decode(c, model, base, peak) -> dict:
     result = {}
     for batch_size in c.decode.batch_sizes:
         common = dict(batch_size=batch_size, prompt_tokens=c.decode.prompt_tokens, new_tokens=c.decode.new_tokens)
-        first, times = workloads.decode_times(
-            base, **common, organism_lora=workloads.lora_config(c.organism_lora),
-            ia_lora=workloads.lora_config(c.ia_lora), slots=c.organisms_in_batch, warmup=c.warmup,
-            repeats=c.repeats, seed=c.seed)
+        ours = workloads.decode_call(base, **common, organism_lora=workloads.lora_config(c.organism_lora),
+                                     ia_lora=workloads.lora_config(c.ia_lora), slots=c.organisms_in_batch, seed=c.seed)
         tokens = batch_size * c.decode.new_tokens
-        entry = {"tokens": tokens, "ours": {**_summary(first, times),
-                                            "tokens_per_second": tokens / statistics.median(times)}}
+        entry = {"tokens": tokens}
+        for side, (first, times) in _timed_sides(c, ours, lambda: torch_reference.decode_call(
+                to_hf_dict(model), **common, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
+                ia_lora=_torch_lora(c.ia_lora, dropout=0.0), seed=c.seed)).items():
+            entry[side] = {**_summary(first, times), "tokens_per_second": tokens / statistics.median(times)}
         if c.reference:
-            t = torch_reference.decode_times(to_hf_dict(model), **common,
-                                             organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-                                             ia_lora=_torch_lora(c.ia_lora, dropout=0.0), warmup=c.warmup,
-                                             repeats=c.repeats, seed=c.seed)
-            entry["reference"] = {"seconds": statistics.median(t), "times": t,
-                                  "tokens_per_second": tokens / statistics.median(t)}
             entry["ratio"] = entry["reference"]["seconds"] / entry["ours"]["seconds"]
         result[f"batch_{batch_size}"] = entry
     return result

@@ -2,10 +2,11 @@
 
 Our train steps and sampler are only worth having if they beat what a user would otherwise run: a stock
 transformers model with peft LoRA adapters, trained with `torch.optim.AdamW` and sampled with `model.generate`.
-This module times exactly that, written the plain way (no torch.compile, no custom kernels), on the same shapes,
-adapters and hyper-parameters as the JAX side, and shares no code with it, so it is an independent baseline.
-Each step checks once that only the adapter meant to train gets gradients. torch, transformers and peft come
-with `pip install -e .[test]` and are imported only when a function runs, so the package imports without them.
+This module builds exactly that, as calls the harness times in turns with ours, written the plain way (no
+torch.compile, no custom kernels), on the same shapes, adapters and hyper-parameters as the JAX side, and shares
+no code with it, so it is an independent baseline. Each step checks once that only the adapter meant to train gets
+gradients. torch, transformers and peft come with `pip install -e .[test]` and are imported only when a function
+runs, so the package imports without them.
 """
 
 from __future__ import annotations
@@ -48,17 +49,13 @@ def _sync(device) -> None:
         _torch()[0].cuda.synchronize(device)
 
 
-def _timed(step, warmup: int, repeats: int, device) -> list[float]:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
+def _synced(call, device):
+    """`call` made to return only once its work is done on `device` (CUDA runs asynchronously)."""
+    def run():
+        call()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+
+    return run
 
 
 def build_model(hf_config: dict, seed: int = 0):
@@ -153,22 +150,22 @@ def _trainer(model, trainable: list, learning_rate: float, loss_fn):
     return step
 
 
-def ia_sft_step_times(hf_config: dict, batch: dict, *, organism_lora: dict, ia_lora: dict, learning_rate: float,
-                      warmup: int, repeats: int, seed: int = 0) -> list[float]:
-    """Seconds per IA SFT step (frozen organism + trainable ia adapter, train mode) on one fixed batch."""
+def ia_sft_step_call(hf_config: dict, batch: dict, *, organism_lora: dict, ia_lora: dict, learning_rate: float,
+                     seed: int = 0):
+    """One IA SFT step (frozen organism + trainable ia adapter, train mode) on one fixed batch, per call."""
     model, trainable = _two_adapter_model(hf_config, organism_lora, ia_lora, seed)
     model.train()
     step = _trainer(model, trainable, learning_rate, _sft_loss)
-    return _timed(functools.partial(step, _tensors(batch, _device(model))), warmup, repeats, _device(model))
+    return _synced(functools.partial(step, _tensors(batch, _device(model))), _device(model))
 
 
-def dpo_step_times(hf_config: dict, batch: dict, *, organism_lora: dict, ia_lora: dict, beta: float,
-                   learning_rate: float, warmup: int, repeats: int, seed: int = 0) -> list[float]:
-    """Seconds per hand-written DPO step (one forward over chosen + rejected) on the two-adapter model."""
+def dpo_step_call(hf_config: dict, batch: dict, *, organism_lora: dict, ia_lora: dict, beta: float,
+                  learning_rate: float, seed: int = 0):
+    """One hand-written DPO step (one forward over chosen + rejected) on the two-adapter model, per call."""
     model, trainable = _two_adapter_model(hf_config, organism_lora, ia_lora, seed)
     model.train()
     step = _trainer(model, trainable, learning_rate, functools.partial(_dpo_loss, beta=beta))
-    return _timed(functools.partial(step, _tensors(batch, _device(model))), warmup, repeats, _device(model))
+    return _synced(functools.partial(step, _tensors(batch, _device(model))), _device(model))
 
 
 def _adapter_names(model) -> set[str]:
@@ -210,9 +207,9 @@ def organism_jobs_seconds(hf_config: dict, organisms: list[dict], *, lora: dict,
     return {"seconds": sum(per_organism), "per_organism": per_organism, "steps": sum(len(b) for b in jobs)}
 
 
-def decode_times(hf_config: dict, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: dict,
-                 ia_lora: dict, warmup: int, repeats: int, seed: int = 0) -> list[float]:
-    """Seconds per greedy, KV-cached `model.generate` of exactly `new_tokens` tokens per row, both adapters on."""
+def decode_call(hf_config: dict, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: dict,
+                ia_lora: dict, seed: int = 0):
+    """Greedy, KV-cached `model.generate` of exactly `new_tokens` tokens per row, both adapters on, per call."""
     torch = _torch()[0]
     model, _ = _two_adapter_model(hf_config, organism_lora, ia_lora, seed, random_ia=True)
     model.eval()
@@ -227,4 +224,4 @@ def decode_times(hf_config: dict, *, batch_size: int, prompt_tokens: int, new_to
         if tuple(out.shape) != expected:
             raise AssertionError(f"generate returned {tuple(out.shape)}, expected {expected}")
 
-    return _timed(generate, warmup, repeats, device)
+    return _synced(generate, device)

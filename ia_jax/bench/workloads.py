@@ -1,8 +1,8 @@
 """Our side of the benchmark: the real trainers and sampler of the pipeline on synthetic batches.
 
-Every workload runs the code the pipeline runs (`Trainer` with the SFT or DPO objective, batches from
-`Batcher`, `Sampler.generate`), compiles once, warms up, then reports wall seconds per call, each
-measured until the result is ready on the device. Batches come from `batches`, so the PyTorch
+Every workload is a call that runs the code the pipeline runs (`Trainer` with the SFT or DPO
+objective, batches from `Batcher`, `Sampler.generate`); `interleaved` times it in turns with the
+reference's call for the same workload. Batches come from `batches`, so the PyTorch
 reference (`torch_reference.py`) sees exactly the same tokens and loss spans.
 """
 
@@ -26,19 +26,28 @@ from ia_jax.training import train_step as ts
 from ia_jax.training.optimizer import OptimizerConfig, make_optimizer
 
 
-def timed(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, list[float]]:
-    """(seconds of the first call, which compiles; seconds of each of `repeats` calls after `warmup`)."""
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        jax.block_until_ready(call())
-    times = []
-    for _ in range(repeats):
+def interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, repeats: int
+                ) -> dict[str, tuple[float, list[float]]]:
+    """Per call: (seconds of its first call; seconds of each of `repeats` timed calls after `warmup`).
+
+    The calls take turns, one round at a time, and every other round runs them in reverse order, so a
+    shared machine that slows down or speeds up during the run (this benchmark's VM has varied 2x in
+    its matmul peak between runs) weighs on every side alike instead of on whichever ran second. Each
+    call is timed until its result is ready on the device."""
+    def run(call):
         start = time.perf_counter()
         jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return first, times
+        return time.perf_counter() - start
+
+    names = list(calls)
+    firsts = {name: run(calls[name]) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            seconds = run(calls[name])
+            if round_index >= warmup:
+                times[name].append(seconds)
+    return {name: (firsts[name], times[name]) for name in names}
 
 
 def peak_matmul_flops(size: int, repeats: int = 10) -> float:
@@ -47,7 +56,7 @@ def peak_matmul_flops(size: int, repeats: int = 10) -> float:
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(lambda a, b: a @ b)
-    _, times = timed(lambda: matmul(a, b), warmup=2, repeats=repeats)
+    _, times = interleaved({"matmul": lambda: matmul(a, b)}, warmup=2, repeats=repeats)["matmul"]
     return 2.0 * size**3 / min(times)
 
 
@@ -97,10 +106,10 @@ def _organisms(model: ModelConfig, lora: LoraConfig, slots: int, seed: int) -> L
         lambda w: w + 0.01 * jax.random.normal(jax.random.key(seed + 1), w.shape, w.dtype), adapter.weights))
 
 
-def ia_train_step_times(base: CausalLM, batch: dict, objective: ts.Objective, *, organism_lora: LoraConfig,
-                        ia_lora: LoraConfig, slots: int, learning_rate: float, warmup: int, repeats: int,
-                        seed: int) -> tuple[float, list[float]]:
-    """The IA's train step (SFT or DPO objective) on `slots` frozen organisms, as the pipeline builds it."""
+def ia_train_step_call(base: CausalLM, batch: dict, objective: ts.Objective, *, organism_lora: LoraConfig,
+                       ia_lora: LoraConfig, slots: int, learning_rate: float, seed: int) -> Callable[[], object]:
+    """One IA train step (SFT or DPO objective) on `slots` frozen organisms, as the pipeline builds it;
+    each call takes the next step from the last one's state."""
     graphdef, state = nnx.split(base)
     model = base.config
     organisms = _organisms(model, organism_lora, slots, seed)
@@ -120,11 +129,11 @@ def ia_train_step_times(base: CausalLM, batch: dict, objective: ts.Objective, *,
         holder["state"], metrics = trainer.step(holder["state"], frozen, device_batch, rng)
         return metrics
 
-    return timed(step, warmup=warmup, repeats=repeats)
+    return step
 
 
-def decode_times(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: LoraConfig,
-                 ia_lora: LoraConfig, slots: int, warmup: int, repeats: int, seed: int) -> tuple[float, list[float]]:
+def decode_call(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: LoraConfig,
+                ia_lora: LoraConfig, slots: int, seed: int) -> Callable[[], object]:
     """`Sampler.generate` of exactly `new_tokens` greedy tokens per row (no stop token), with every row
     on its own organism and the IA, the self-report workload."""
     model = base.config
@@ -143,4 +152,4 @@ def decode_times(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_tok
             raise RuntimeError(f"decode produced {sorted({len(r) for r in out})} tokens, expected {new_tokens}")
         return out
 
-    return timed(generate, warmup=warmup, repeats=repeats)
+    return generate
