@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ia_jax import initializers
 from ia_jax.data.batching import Batcher
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
 from ia_jax.models.config import ModelConfig
@@ -103,7 +104,7 @@ def _organisms(model: ModelConfig, lora: LoraConfig, slots: int, seed: int) -> L
     """A stacked organism adapter with nonzero `lora_b`, so it changes the model as a trained one does."""
     adapter = init_adapter(model, lora, jax.random.key(seed), num_slots=slots)
     return adapter.replace(weights=jax.tree.map(
-        lambda w: w + 0.01 * jax.random.normal(jax.random.key(seed + 1), w.shape, w.dtype), adapter.weights))
+        lambda w: w + initializers.normal(jax.random.key(seed + 1), w.shape, w.dtype, 0.01), adapter.weights))
 
 
 def ia_train_step_call(base: CausalLM, batch: dict, objective: ts.Objective, *, organism_lora: LoraConfig,

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ia_jax import initializers
+
 if TYPE_CHECKING:  # models.decoder imports this module
     from ia_jax.models.config import ModelConfig
 
@@ -150,7 +152,7 @@ def _init_weights(model_config, lora_config, rng, num_slots, dtype) -> dict:
         in_shape, out_shape = projection_shapes(model_config, target)
         bound = 1.0 / math.sqrt(math.prod(in_shape))
         weights[target] = {
-            "lora_a": jax.random.uniform(key, (layers, *slot, *in_shape, lora_config.rank), dtype, -bound, bound),
+            "lora_a": initializers.uniform(key, (layers, *slot, *in_shape, lora_config.rank), dtype, -bound, bound),
             "lora_b": jnp.zeros((layers, *slot, lora_config.rank, *out_shape), dtype),
         }
     return weights

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from ia_jax import initializers
 from ia_jax.lora.adapter import LoraAdapter, check_fits, check_ids
 from ia_jax.lora.apply import LayerLora, lora_delta, tokens_einsum
 from ia_jax.models import rope
@@ -53,7 +54,7 @@ def check_remat(name, field: str = "remat") -> str:
 
 
 def _normal(rngs: nnx.Rngs, shape, dtype, axes, **metadata) -> nnx.Param:
-    return nnx.Param(_INIT_STDDEV * jax.random.normal(rngs.params(), shape, dtype), logical_axes=axes, **metadata)
+    return nnx.Param(initializers.normal(rngs.params(), shape, dtype, _INIT_STDDEV), logical_axes=axes, **metadata)
 
 
 class Projection(nnx.Module):
