@@ -2,7 +2,7 @@
 
 Every workload is a call that runs the code the pipeline runs (`Trainer` with the SFT or DPO
 objective, batches from `Batcher`, `Sampler.generate`); `interleaved` times it in turns with the
-reference's call for the same workload. Batches come from `batches`, so the PyTorch
+reference's call for the same workload. Batches come from `one_batch`, so the PyTorch
 reference (`torch_reference.py`) sees exactly the same tokens and loss spans.
 """
 
