@@ -130,7 +130,8 @@ class Attention(nnx.Module):
         `layer_cache` is `(keys_lbksh, values_lbksh, layer)`: the whole cache, updated in place at
         this layer. Carrying it through the layer scan (rather than scanning over per-layer slices,
         which rebuilds every layer's cache as a new output each step) keeps a decode step from
-        copying the cache, which at batch 32 cost as much as the layers' matmuls.
+        copying the cache, which at batch 32 cost as much as the layers' matmuls. With `layer` None
+        the keys and values are this layer's own `[b, k, s, h]` arrays (unrolled layers).
         """
         q_btnh = self.q_proj(x_btd, loras)
         k_btkh = self.k_proj(x_btd, loras)
@@ -142,12 +143,16 @@ class Attention(nnx.Module):
         v_bkth = v_btkh.transpose(0, 2, 1, 3)
         if layer_cache is None:
             return self.o_proj(causal_attention(q_btnh, k_bkth, v_bkth, visible_bts), loras), None
-        keys_lbksh, values_lbksh, layer = layer_cache
+        keys, values, layer = layer_cache
+        if layer is None:  # this layer's own cache, [b, k, s, h]
+            keys = jax.lax.dynamic_update_slice(keys, k_bkth.astype(keys.dtype), (0, 0, cache_index, 0))
+            values = jax.lax.dynamic_update_slice(values, v_bkth.astype(values.dtype), (0, 0, cache_index, 0))
+            return self.o_proj(attention(q_btnh, keys, values, visible_bts), loras), (keys, values)
         at = (layer, 0, 0, cache_index, 0)
-        keys_lbksh = jax.lax.dynamic_update_slice(keys_lbksh, k_bkth[None].astype(keys_lbksh.dtype), at)
-        values_lbksh = jax.lax.dynamic_update_slice(values_lbksh, v_bkth[None].astype(values_lbksh.dtype), at)
-        out_btnh = attention(q_btnh, keys_lbksh[layer], values_lbksh[layer], visible_bts)
-        return self.o_proj(out_btnh, loras), (keys_lbksh, values_lbksh)
+        keys = jax.lax.dynamic_update_slice(keys, k_bkth[None].astype(keys.dtype), at)
+        values = jax.lax.dynamic_update_slice(values, v_bkth[None].astype(values.dtype), at)
+        out_btnh = attention(q_btnh, keys[layer], values[layer], visible_bts)
+        return self.o_proj(out_btnh, loras), (keys, values)
 
 
 def _softmax(scores):
@@ -254,8 +259,20 @@ class CausalLM(nnx.Module):
         # between layers, so XLA never has to guess (and reshuffle) activation layouts.
         self.activation_mesh = None
 
+    def layer_slices(self, adapters=()) -> tuple:
+        """Each layer's weights, and each adapter's, as arrays of their own: `__call__(layers=...)`.
+
+        Taken once before a decode loop. Inside a loop, XLA:CPU copies each weight's slice out of the
+        stacked arrays before its dot reads it, at every step: about 40% of a batch-8 decode step of
+        the benchmark model. Separate arrays are read in place. The price is a copy of the layer
+        weights while the slices live, and a program that grows with depth (compiles take longer)."""
+        _, layer_state = nnx.split(self.model.layers)
+        adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
+        return tuple((jax.tree.map(lambda w: w[i], layer_state), jax.tree.map(lambda w: w[i], adapter_weights))
+                     for i in range(self.config.num_layers))
+
     def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None,
-                 cache: KVCache | None = None, logit_positions_bl=None):
+                 cache: KVCache | None = None, logit_positions_bl=None, layers=None):
         """Causal attention over real tokens only, with any number of LoRA adapters composed.
 
         `attention_mask_bt` (1 = real token, 0 = padding) hides padding keys. Positions default to the
@@ -271,6 +288,9 @@ class CausalLM(nnx.Module):
 
         With a `cache` (see `kv_cache.py`) the tokens are appended at `cache.index`, attend to every
         valid slot before them, and the call returns `(logits, updated cache)`.
+
+        `layers` (`layer_slices(adapters)`, same adapters) runs the layers as a Python loop over those
+        slices instead of a scan; a cache must then be `per_layer()`.
         """
         config = self.config
         tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
@@ -309,9 +329,7 @@ class CausalLM(nnx.Module):
         layer_def, layer_state = nnx.split(self.model.layers)
         adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
 
-        def layer_step(carry, layer_inputs):
-            x_btd, caches = carry
-            one_layer_state, one_layer_adapters, layer_index = layer_inputs
+        def run_layer(x_btd, one_layer_state, one_layer_adapters, layer_index, layer_cache):
             loras = []
             for i, ((adapter, ids_b), weights) in enumerate(zip(adapters, one_layer_adapters)):
                 rng = None
@@ -320,16 +338,37 @@ class CausalLM(nnx.Module):
                 loras.append(LayerLora(weights, None if ids_b is None else jnp.asarray(ids_b, jnp.int32),
                                        adapter.config.scale, adapter.config.dropout, rng, adapter.row_aligned))
             layer = nnx.merge(layer_def, one_layer_state)
-            x_btd, caches = layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras),
-                                  None if caches is None else (*caches, layer_index),
-                                  None if cache is None else cache.index)
-            return (self._constrain(x_btd), caches), None
+            x_btd, layer_cache = layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras), layer_cache,
+                                       None if cache is None else cache.index)
+            return self._constrain(x_btd), layer_cache
+
+        def layer_step(carry, layer_inputs):
+            x_btd, caches = carry
+            one_layer_state, one_layer_adapters, layer_index = layer_inputs
+            return run_layer(x_btd, one_layer_state, one_layer_adapters, layer_index,
+                             None if caches is None else (*caches, layer_index)), None
 
         if check_remat(self.remat) != "none":
             layer_step = jax.checkpoint(layer_step, policy=REMAT_POLICIES[self.remat])
-        layer_indices = jnp.arange(config.num_layers, dtype=jnp.int32)
         caches = None if cache is None else (cache.keys, cache.values)
-        (x_btd, caches), _ = jax.lax.scan(layer_step, (x_btd, caches), (layer_state, adapter_weights, layer_indices))
+        if layers is not None:
+            if len(layers) != config.num_layers:
+                raise ValueError(f"layers: {len(layers)} slices for {config.num_layers} layers")
+            if cache is not None and not cache.is_per_layer:
+                raise ValueError("layers: unrolled layers need a per_layer() cache")
+            keys, values = (None, None) if cache is None else (list(cache.keys), list(cache.values))
+            for i, (one_layer_state, one_layer_adapters) in enumerate(layers):
+                x_btd, layer_cache = run_layer(x_btd, one_layer_state, one_layer_adapters, i,
+                                               None if cache is None else (keys[i], values[i], None))
+                if cache is not None:
+                    keys[i], values[i] = layer_cache
+            caches = None if cache is None else (tuple(keys), tuple(values))
+        else:
+            if cache is not None and cache.is_per_layer:
+                raise ValueError("a per_layer() cache needs `layers` (layer_slices)")
+            layer_indices = jnp.arange(config.num_layers, dtype=jnp.int32)
+            (x_btd, caches), _ = jax.lax.scan(layer_step, (x_btd, caches),
+                                              (layer_state, adapter_weights, layer_indices))
         if logit_positions_bl is not None:
             x_btd = jnp.take_along_axis(x_btd, logit_positions_bl[..., None], axis=1)
         x_btd = self.model.norm(x_btd)

@@ -16,15 +16,27 @@ from ia_jax.models.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    # [layers, batch, kv_heads, slots, head_dim]: kv-head major, the layout attention's dots read.
-    keys: jax.Array
-    values: jax.Array
+    # [layers, batch, kv_heads, slots, head_dim]: kv-head major, the layout attention's dots read; or,
+    # `per_layer()`, a tuple of each layer's [batch, kv_heads, slots, head_dim].
+    keys: jax.Array | tuple
+    values: jax.Array | tuple
     valid_bs: jax.Array  # [batch, slots] bool
     index: jax.Array  # int32 scalar: the slot the next token is written to
 
     @property
     def num_slots(self) -> int:
         return self.valid_bs.shape[1]
+
+    @property
+    def is_per_layer(self) -> bool:
+        return isinstance(self.keys, tuple)
+
+    def per_layer(self) -> KVCache:
+        """Each layer's keys and values as arrays of their own, for unrolled layers
+        (`CausalLM.layer_slices`), which then update them in place without slicing a stack."""
+        if self.is_per_layer:
+            return self
+        return self.replace(keys=tuple(self.keys), values=tuple(self.values))
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:

@@ -97,7 +97,7 @@ def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
 
 
 def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b, top_p_b,
-              top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int):
+              top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int, unroll_layers: bool):
     b, t = prompt_bt.shape
     adapters = []
     if organisms is not None:
@@ -108,6 +108,9 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
         adapters.append((ia, ia_ids_b))
     cache = init_cache(model.config, b, t + max_new_tokens)
     logits_btv, cache = model(prompt_bt, attention_mask_bt=prompt_mask_bt, adapters=adapters, cache=cache)
+    layers = None
+    if unroll_layers:  # the decode steps read each layer's own weights and cache, sliced once here
+        layers, cache = model.layer_slices(adapters), cache.per_layer()
     out_bn = jnp.zeros((b, max_new_tokens), jnp.int32)
     done_b = limits_b <= 0
 
@@ -142,7 +145,7 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
         live_b = ~done_b
         done_b = done_b | jnp.isin(token_b, stop_ids) | (step + 1 >= limits_b)
         logits_btv, cache = model(token_b[:, None], attention_mask_bt=live_b[:, None], adapters=adapters,
-                                  cache=cache)
+                                  cache=cache, layers=layers)
         return step + 1, logits_btv[:, -1], cache, done_b, out_bn
 
     steps, _, _, _, out_bn = jax.lax.while_loop(
@@ -155,7 +158,16 @@ class Sampler:
 
     def __init__(self, model: CausalLM, *, organisms: LoraAdapter | None = None, ia: LoraAdapter | None = None,
                  stop_ids: Sequence[int] = (), pad_id: int = 0, batch_buckets: Sequence[int] | None = None,
-                 prompt_buckets: Sequence[int] | None = None, max_batch: int = 64, max_prompt: int = 1024):
+                 prompt_buckets: Sequence[int] | None = None, max_batch: int = 64, max_prompt: int = 1024,
+                 unroll_layers: bool | None = None):
+        """`unroll_layers`: decode steps run the layers unrolled, on per-layer copies of the weights
+        made once per call (`CausalLM.layer_slices`), instead of scanning the stacked layers.
+
+        The default is on for CPU only. XLA:CPU copies every stacked weight's layer slice at every
+        step; unrolled, the benchmark's `generate` was 1.16x / 1.21x faster at batch 8 / 32 and no
+        slower at batch 1 (the toy model's 1.45x), for about 0.5-8 s more compile per variant.
+        Accelerators read the slices in place and would pay for the copy in memory and for the depth
+        in compile time."""
         if organisms is not None and not organisms.stacked:
             raise ValueError("organisms must be a stacked adapter (one slot per organism)")
         self.model = model
@@ -165,11 +177,13 @@ class Sampler:
         self.pad_id = pad_id
         self.batch_buckets = tuple(batch_buckets or _powers_of_two(max_batch))
         self.prompt_buckets = tuple(prompt_buckets or _powers_of_two(max_prompt, start=16))
+        self.unroll_layers = jax.default_backend() == "cpu" if unroll_layers is None else bool(unroll_layers)
         graphdef, state = nnx.split(model)
         self._state = state
         self._jitted = jax.jit(
             lambda state, *args, max_new_tokens: _generate(nnx.merge(graphdef, state), *args,
-                                                           max_new_tokens=max_new_tokens),
+                                                           max_new_tokens=max_new_tokens,
+                                                           unroll_layers=self.unroll_layers),
             static_argnames=("max_new_tokens",))
 
     def set_ia(self, ia: LoraAdapter) -> None:

@@ -38,11 +38,12 @@ def _uncached_greedy(model, prompt, steps, adapters=()):
     return tokens[len(prompt):]
 
 
+@pytest.mark.parametrize("unroll_layers", [True, False])
 @pytest.mark.parametrize("name", ["llama_gqa_llama3rope", "qwen3_gqa_tied"])
-def test_greedy_matches_uncached_and_transformers_generate(reference_checkpoint, name):
+def test_greedy_matches_uncached_and_transformers_generate(reference_checkpoint, name, unroll_layers):
     path, torch_model = reference_checkpoint(name)
     model = models.load_hf(path)
-    sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(4,))
+    sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(4,), unroll_layers=unroll_layers)
     prompts = _prompts()
     ours = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW))
     for prompt, generated in zip(prompts, ours):
@@ -66,11 +67,14 @@ def adapted(reference_checkpoint):
     return model, organisms, ia
 
 
-def test_per_row_organism_and_ia_match_uncached_composition(adapted):
+@pytest.mark.parametrize("unroll_layers", [True, False])
+@pytest.mark.parametrize("rows", [4, 2])  # more rows than organism slots (gathered per step), or fewer (per call)
+def test_per_row_organism_and_ia_match_uncached_composition(adapted, unroll_layers, rows):
     model, organisms, ia = adapted
-    sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(4,))
-    prompts = _prompts(1, (6, 4, 7, 5))
-    organism_ids, use_ia = [2, -1, 0, 2], [True, True, False, False]
+    sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(rows,),
+                      unroll_layers=unroll_layers)
+    prompts = _prompts(1, (6, 4, 7, 5)[:rows])
+    organism_ids, use_ia = [2, -1, 0, 2][:rows], [True, True, False, False][:rows]
     ours = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW), organism_ids=organism_ids, use_ia=use_ia)
     for prompt, organism, ia_on, generated in zip(prompts, organism_ids, use_ia, ours):
         adapters = []
@@ -79,7 +83,7 @@ def test_per_row_organism_and_ia_match_uncached_composition(adapted):
         if ia_on:
             adapters.append((ia, None))
         assert generated == _uncached_greedy(model, prompt, NEW, tuple(adapters)), (organism, ia_on)
-    assert len({tuple(g) for g in ours}) == 4  # the adapters really change the answers
+    assert len({tuple(g) for g in ours}) == rows  # the adapters really change the answers
 
 
 def test_swapping_the_ia_reuses_compiled_programs_and_matches_a_fresh_sampler(adapted):
@@ -147,13 +151,14 @@ def test_batch_composition_and_padding_do_not_change_greedy_answers(adapted):
     assert together == alone
 
 
-def test_sharded_model_generates_the_same(reference_checkpoint):
+@pytest.mark.parametrize("unroll_layers", [True, False])
+def test_sharded_model_generates_the_same(reference_checkpoint, unroll_layers):
     path, _ = reference_checkpoint("llama_gqa_llama3rope")
     prompts = _prompts(6, (5, 6, 7, 8))
     expected = Sampler(models.load_hf(path), prompt_buckets=(16,), batch_buckets=(4,)).generate(
         prompts, SamplingParams(max_new_tokens=NEW))
     sharded = models.load_hf(path, mesh=make_mesh(data=2, fsdp=2, tensor=2))
-    assert Sampler(sharded, prompt_buckets=(16,), batch_buckets=(4,)).generate(
+    assert Sampler(sharded, prompt_buckets=(16,), batch_buckets=(4,), unroll_layers=unroll_layers).generate(
         prompts, SamplingParams(max_new_tokens=NEW)) == expected
 
 
@@ -199,3 +204,33 @@ def test_a_full_cache_refuses_more_tokens(adapted):
     _, cache = model(np.ones((1, 3), np.int32), cache=init_cache(model.config, 1, 4))
     with pytest.raises(ValueError, match="cache holds 4 slots; 3 are used and 2 more tokens do not fit"):
         model(np.ones((1, 2), np.int32), cache=cache)
+
+
+def test_unrolled_layers_match_the_scan_and_refuse_a_mismatched_cache(adapted):
+    """`layers=layer_slices(...)` with a per-layer cache is the scanned forward, logits and cache,
+    for a prompt and then one decode step, with adapters on."""
+    from ia_jax.models.kv_cache import init_cache
+
+    model, organisms, ia = adapted
+    adapters = ((organisms, np.array([2, 0], np.int32)), (ia, None))
+    prompt = np.asarray(_prompts(7, (6, 6)), np.int32)
+    mask = np.ones_like(prompt)
+    mask[1, :2] = 0
+    logits, cache = model(prompt, attention_mask_bt=mask, adapters=adapters, cache=init_cache(model.config, 2, 8))
+    layers = model.layer_slices(adapters)
+    unrolled_logits, unrolled = model(prompt, attention_mask_bt=mask, adapters=adapters, layers=layers,
+                                      cache=init_cache(model.config, 2, 8).per_layer())
+    np.testing.assert_allclose(unrolled_logits, logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.stack(unrolled.keys), cache.keys, rtol=1e-5, atol=1e-5)
+    step = np.array([[5], [7]], np.int32)
+    next_logits, next_cache = model(step, adapters=adapters, cache=cache)
+    unrolled_next, unrolled_cache = model(step, adapters=adapters, cache=unrolled, layers=layers)
+    np.testing.assert_allclose(unrolled_next, next_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.stack(unrolled_cache.values), next_cache.values, rtol=1e-5, atol=1e-5)
+    assert int(unrolled_cache.index) == int(next_cache.index) == 7
+    with pytest.raises(ValueError, match="unrolled layers need a per_layer"):
+        model(step, adapters=adapters, cache=cache, layers=layers)
+    with pytest.raises(ValueError, match="a per_layer.. cache needs `layers`"):
+        model(step, adapters=adapters, cache=unrolled)
+    with pytest.raises(ValueError, match=f"layers: 1 slices for {model.config.num_layers} layers"):
+        model(step, adapters=adapters, cache=unrolled, layers=layers[:1])
