@@ -51,9 +51,10 @@ def _summary(first: float, times: list[float]) -> dict:
     return {"seconds": statistics.median(times), "times": times, "first_call_seconds": first}
 
 
-def _timed_sides(c, ours, reference_call) -> dict:
-    """`{"ours": (first, times)[, "reference": ...]}`, the two sides timed in turns (see `interleaved`)."""
-    calls = {"ours": ours}
+def _timed_sides(c, ours, reference_call, **more) -> dict:
+    """`{"ours": (first, times)[, "reference": ...]}`, the two sides (and any `more` calls of ours) timed
+    in turns (see `interleaved`)."""
+    calls = {"ours": ours, **more}
     if c.reference:
         calls["reference"] = reference_call()
     return workloads.interleaved(calls, warmup=c.warmup, repeats=c.repeats)
@@ -156,14 +157,17 @@ def decode(c, model, base, peak) -> dict:
         common = dict(batch_size=batch_size, prompt_tokens=c.decode.prompt_tokens, new_tokens=c.decode.new_tokens)
         ours = workloads.decode_call(base, **common, organism_lora=workloads.lora_config(c.organism_lora),
                                      ia_lora=workloads.lora_config(c.ia_lora), slots=c.organisms_in_batch, seed=c.seed)
+        floor = workloads.matmul_floor_call(base, batch_size=batch_size, new_tokens=c.decode.new_tokens)
         tokens = batch_size * c.decode.new_tokens
         entry = {"tokens": tokens}
         for side, (first, times) in _timed_sides(c, ours, lambda: torch_reference.decode_call(
                 to_hf_dict(model), **common, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-                ia_lora=_torch_lora(c.ia_lora, dropout=0.0), seed=c.seed)).items():
+                ia_lora=_torch_lora(c.ia_lora, dropout=0.0), seed=c.seed), floor=floor).items():
             entry[side] = {**_summary(first, times), "tokens_per_second": tokens / statistics.median(times)}
         if c.reference:
             entry["ratio"] = entry["reference"]["seconds"] / entry["ours"]["seconds"]
+            # The most any decoder could reach here: the reference against the base's matmuls alone.
+            entry["ratio_bound"] = entry["reference"]["seconds"] / entry["floor"]["seconds"]
         result[f"batch_{batch_size}"] = entry
     return result
 

@@ -36,6 +36,9 @@ def rows(results: dict) -> list[tuple[str, str, str, float | None, float | None]
         ref = f"{r['reference']['tokens_per_second']:.0f} tok/s" if "reference" in r else "-"
         out.append((f"decode {key.replace('_', ' ')}", f"{r['ours']['tokens_per_second']:.0f} tok/s", ref,
                     r.get("ratio"), TARGETS["decode"]))
+        if "floor" in r:
+            out.append(("  bound: base matmuls only", f"{r['floor']['tokens_per_second']:.0f} tok/s", ref,
+                        r.get("ratio_bound"), None))
     return out
 
 
