@@ -16,8 +16,9 @@ from ia_jax.models.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    # [layers, batch, kv_heads, slots, head_dim]: kv-head major, the layout attention's dots read; or,
-    # `per_layer()`, a tuple of each layer's [batch, kv_heads, slots, head_dim].
+    # Keys [layers, batch, kv_heads, head_dim, slots] and values [layers, batch, kv_heads, slots, head_dim]:
+    # kv-head major, the layouts attention's dots read as plain matmuls (`decoder.attention`); or,
+    # `per_layer()`, tuples of each layer's arrays.
     keys: jax.Array | tuple
     values: jax.Array | tuple
     valid_bs: jax.Array  # [batch, slots] bool
@@ -40,10 +41,10 @@ class KVCache:
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:
-    shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
+    values_shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
     return KVCache(
-        keys=jnp.zeros(shape, config.compute_dtype),
-        values=jnp.zeros(shape, config.compute_dtype),
+        keys=jnp.zeros((*values_shape[:3], config.head_dim, slots), config.compute_dtype),
+        values=jnp.zeros(values_shape, config.compute_dtype),
         valid_bs=jnp.zeros((batch, slots), jnp.bool_),
         index=jnp.zeros((), jnp.int32),
     )
