@@ -4,7 +4,7 @@ Module and attribute names follow Hugging Face (`model.layers.self_attn.q_proj`,
 conversion is a transpose/reshape per tensor. Decoder layers are stored stacked (every layer weight
 has a leading `layers` axis) and run with `jax.lax.scan`: compile time stays flat in depth (80 layers
 for Llama 3.3 70B) and what the backward pass keeps of each layer is a `jax.checkpoint` policy
-around the scan body (`REMAT_POLICIES`).
+around the scan body (`REMAT_POLICIES`). Decoding on CPU unrolls them instead (`layer_slices`).
 
 Every weight carries `logical_axes` metadata (`embed`, `heads`, `mlp`, ...); `ia_jax.parallel.sharding`
 maps those names to mesh axes with one rules table.
@@ -360,6 +360,8 @@ class CausalLM(nnx.Module):
             if cache is not None and not cache.is_per_layer:
                 raise ValueError("layers: unrolled layers need a per_layer() cache")
             keys, values = (None, None) if cache is None else (list(cache.keys), list(cache.values))
+            if len(layers[0][1]) != len(adapters):
+                raise ValueError(f"layers: sliced with {len(layers[0][1])} adapters, called with {len(adapters)}")
             for i, (one_layer_state, one_layer_adapters) in enumerate(layers):
                 x_btd, layer_cache = run_layer(x_btd, one_layer_state, one_layer_adapters, i,
                                                None if cache is None else (keys[i], values[i], None))

@@ -165,7 +165,7 @@ class Sampler:
 
         The default is on for CPU only. XLA:CPU copies every stacked weight's layer slice at every
         step; unrolled, the benchmark's `generate` was 1.16x / 1.21x faster at batch 8 / 32 and no
-        slower at batch 1 (the toy model's 1.45x), for about 0.5-8 s more compile per variant.
+        slower at batch 1 (the toy model's 1.45x), for about 0.5-9 s more compile per variant.
         Accelerators read the slices in place and would pay for the copy in memory and for the depth
         in compile time."""
         if organisms is not None and not organisms.stacked:

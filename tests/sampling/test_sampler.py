@@ -234,3 +234,5 @@ def test_unrolled_layers_match_the_scan_and_refuse_a_mismatched_cache(adapted):
         model(step, adapters=adapters, cache=unrolled)
     with pytest.raises(ValueError, match=f"layers: 1 slices for {model.config.num_layers} layers"):
         model(step, adapters=adapters, cache=unrolled, layers=layers[:1])
+    with pytest.raises(ValueError, match="layers: sliced with 2 adapters, called with 1"):
+        model(step, adapters=adapters[:1], cache=unrolled, layers=layers)
