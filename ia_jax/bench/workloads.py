@@ -156,11 +156,12 @@ def decode_call(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_toke
     return generate
 
 
-def matmul_floor_call(base: CausalLM, *, batch_size: int, new_tokens: int) -> Callable[[], object]:
-    """`new_tokens` steps of nothing but the base model's weight matmuls (each layer's seven projections,
-    then the LM head) at `batch_size` rows, on per-layer arrays as the sampler decodes: no decode of
-    those steps on this backend can be faster, so the reference's time divided by this one bounds
-    the decode ratio any implementation could reach here. No attention, norms, adapters or sampling."""
+def matmul_floor(base: CausalLM, *, batch_size: int, new_tokens: int) -> tuple[Callable, tuple]:
+    """`(program, args)`: `new_tokens` steps of nothing but the base model's weight matmuls (each layer's
+    seven projections, then the LM head) at `batch_size` rows, on per-layer arrays as the sampler
+    decodes. No decode of those steps on this backend can be faster, so the reference's time divided
+    by this one bounds the decode ratio any implementation could reach here. No attention, norms,
+    adapters or sampling."""
     def two_d(kernel, inputs):
         return kernel.reshape(int(np.prod(kernel.shape[:inputs])), -1)
 
@@ -171,8 +172,8 @@ def matmul_floor_call(base: CausalLM, *, batch_size: int, new_tokens: int) -> Ca
         layers.append(tuple(two_d(attn[f"{p}_proj"]["kernel"], 1) for p in "qkv")
                       + (two_d(attn["o_proj"]["kernel"], attn["o_proj"]["kernel"].ndim - 1),)
                       + tuple(two_d(mlp[f"{p}_proj"]["kernel"], 1) for p in ("gate", "up", "down")))
+    # The tied embedding is transposed once here; read transposed inside the dot it was no faster.
     head_dv = base.model.embed_tokens.embedding[...].T if base.lm_head is None else base.lm_head.kernel[...]
-    head_dv = jnp.asarray(head_dv)  # its own array, as the layers' are
 
     @jax.jit
     def steps(x_bd, layers, head_dv):
@@ -186,5 +187,10 @@ def matmul_floor_call(base: CausalLM, *, batch_size: int, new_tokens: int) -> Ca
         return jax.lax.fori_loop(0, new_tokens, step, x_bd)
 
     x_bd = initializers.normal(jax.random.key(0), (batch_size, base.config.hidden_size), base.config.compute_dtype)
-    return lambda: jax.block_until_ready(steps(x_bd, layers, head_dv))
+    return steps, (x_bd, layers, head_dv)
 
+
+def matmul_floor_call(base: CausalLM, *, batch_size: int, new_tokens: int) -> Callable[[], object]:
+    """`matmul_floor`'s program as a timed call."""
+    steps, args = matmul_floor(base, batch_size=batch_size, new_tokens=new_tokens)
+    return lambda: jax.block_until_ready(steps(*args))

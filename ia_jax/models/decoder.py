@@ -293,7 +293,8 @@ class CausalLM(nnx.Module):
         valid slot before them, and the call returns `(logits, updated cache)`.
 
         `layers` (`layer_slices(adapters)`, same adapters) runs the layers as a Python loop over those
-        slices instead of a scan; a cache must then be `per_layer()`.
+        slices instead of a scan, for decoding (no remat policy applies); a cache must then be
+        `per_layer()`.
         """
         config = self.config
         tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
