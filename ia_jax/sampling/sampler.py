@@ -107,7 +107,9 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
     if ia is not None:
         adapters.append((ia, ia_ids_b))
     cache = init_cache(model.config, b, t + max_new_tokens)
-    logits_btv, cache = model(prompt_bt, attention_mask_bt=prompt_mask_bt, adapters=adapters, cache=cache)
+    # Prompts are left-padded: every row's next token is read at the last position, the only logits needed.
+    logits_btv, cache = model(prompt_bt, attention_mask_bt=prompt_mask_bt, adapters=adapters, cache=cache,
+                              logit_positions_bl=jnp.full((b, 1), t - 1, jnp.int32))
     layers = None
     if unroll_layers:  # the decode steps read each layer's own weights and cache, sliced once here
         layers, cache = model.layer_slices(adapters), cache.per_layer()

@@ -218,6 +218,14 @@ def test_unrolled_layers_match_the_scan_and_refuse_a_mismatched_cache(adapted):
     mask[1, :2] = 0
     logits, cache = model(prompt, attention_mask_bt=mask, adapters=adapters, cache=init_cache(model.config, 2, 8))
     layers = model.layer_slices(adapters)
+    # Each layer's own copy, projection kernels `[out..., in...]` (what decoding multiplies fastest on CPU).
+    c = model.config
+    attn = layers[1][0]["self_attn"]
+    kernel = model.model.layers.self_attn.q_proj.kernel[...]
+    np.testing.assert_array_equal(attn["q_proj"]["kernel"][...], np.transpose(kernel[1], (1, 2, 0)))
+    assert attn["o_proj"]["kernel"][...].shape == (c.hidden_size, c.num_heads, c.head_dim)
+    assert attn["q_proj"]["kernel"].logical_axes == ("heads", "head_dim", "embed")
+    assert layers[1][0]["mlp"]["down_proj"]["kernel"][...].shape == (c.hidden_size, c.intermediate_size)
     unrolled_logits, unrolled = model(prompt, attention_mask_bt=mask, adapters=adapters, layers=layers,
                                       cache=init_cache(model.config, 2, 8).per_layer())
     np.testing.assert_allclose(unrolled_logits, logits, rtol=1e-5, atol=1e-5)
