@@ -172,7 +172,8 @@ def matmul_floor(base: CausalLM, *, batch_size: int, new_tokens: int) -> tuple[C
         layers.append(tuple(out_in(attn[f"{p}_proj"]["kernel"], 2) for p in "qkv")  # [n, h, d]
                       + (out_in(attn["o_proj"]["kernel"], 1),)  # [d, n, h]
                       + tuple(out_in(mlp[f"{p}_proj"]["kernel"], 1) for p in ("gate", "up", "down")))
-    # The decoder reads the tied embedding `[v, d]` as its head; an untied head is `[d, v]`.
+    # The tied embedding is already `[v, d]`; an untied head (stored `[d, v]`) is copied `[v, d]` here, the
+    # faster layout, though the decoder still reads it `[d, v]`: the bound stays a bound.
     head_vd = base.model.embed_tokens.embedding[...] if base.lm_head is None else base.lm_head.kernel[...].T
 
     def times(x_bi, w_oi):

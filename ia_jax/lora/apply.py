@@ -33,7 +33,7 @@ class LayerLora:
     row_aligned: bool = False
 
 
-def feature_letters(equation: str) -> tuple[str, str]:
+def _letters(equation: str) -> tuple[str, str]:
     """Input and output feature letters of a `bt<in>,<in><out>->bt<out>` equation."""
     inputs, output = equation.split("->")
     x_letters = inputs.split(",")[0]
@@ -63,7 +63,7 @@ def lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora]):
     Rows switched off (id -1) get zero low-rank activations, so they add nothing. A one-slot stack (the
     sampler's IA, on or off per row) runs as a shared adapter with that switch, gathering nothing.
     """
-    in_letters, out_letters = feature_letters(equation)
+    in_letters, out_letters = _letters(equation)
     shared, per_example = [], []  # (low-rank activations [b, t, r], b: [r, out...] or per row [b, r, out...])
     for lora in loras:
         if target not in lora.weights:

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 
 from ia_jax import initializers
 from ia_jax.lora.adapter import LoraAdapter, check_fits, check_ids
-from ia_jax.lora.apply import LayerLora, feature_letters, lora_delta, tokens_einsum
+from ia_jax.lora.apply import LayerLora, lora_delta, tokens_einsum
 from ia_jax.models import rope
 from ia_jax.models.config import ModelConfig
 from ia_jax.models.kv_cache import KVCache
@@ -87,7 +87,7 @@ class Projection(nnx.Module):
         `[in, out]` at every decode step rather than contract it as it lies."""
         kernel = self.kernel[...].astype(self.dtype)
         if kernels_out_first:
-            out_shape = kernel.shape[:kernel.ndim - len(feature_letters(self.equation)[0])]
+            out_shape = kernel.shape[:kernel.ndim - self.kernel.get_metadata()["in_ndim"]]
             b, t = x.shape[:2]
             y_to = jnp.einsum("Ti,oi->To", x.reshape(b * t, -1), kernel.reshape(math.prod(out_shape), -1))
             y = y_to.reshape(b, t, *out_shape)
@@ -294,12 +294,12 @@ class CausalLM(nnx.Module):
         adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
 
         def layer_copy(variable, i):
-            w_stacked = variable[...]
-            in_ndim = variable.get_metadata().get("in_ndim")
+            w_stacked, metadata = variable[...], variable.get_metadata()
+            in_ndim = metadata.get("in_ndim")
             if in_ndim is None:  # not a projection kernel
                 return variable.replace(w_stacked[i])
             order = (*range(in_ndim + 1, w_stacked.ndim), *range(1, in_ndim + 1))  # stacked kernel's axes
-            axes = variable.get_metadata().get("logical_axes")
+            axes = metadata.get("logical_axes")
             return variable.replace(jnp.transpose(w_stacked[i], [a - 1 for a in order]),
                                     logical_axes=None if axes is None else tuple(axes[a] for a in order))
 
