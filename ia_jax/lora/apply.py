@@ -101,8 +101,8 @@ def lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora]):
     low_rows, b_rows = _concat(per_example, 1)
     low_shared, b_shared = _concat(shared, 0)
     out_shape = b_rows.shape[2:]
-    delta_bto = _rows_and_shared_delta(jnp.concatenate([low_rows, low_shared], axis=-1),
-                                       b_rows.reshape(*b_rows.shape[:2], -1), b_shared.reshape(b_shared.shape[0], -1))
+    delta_bto = _rows_and_shared_delta(low_rows, low_shared, b_rows.reshape(*b_rows.shape[:2], -1),
+                                       b_shared.reshape(b_shared.shape[0], -1))
     return delta_bto.reshape(*delta_bto.shape[:2], *out_shape)
 
 
@@ -112,37 +112,47 @@ def _all_b(b_rows_bro, b_shared_ro):
 
 
 @jax.custom_vjp
-def _rows_and_shared_delta(low_btr, b_rows_bro, b_shared_ro):
-    """`low @ [b_rows; b_shared]` per row, with a gradient that differentiates only what is trained.
+def _rows_and_shared_delta(low_rows_btr, low_shared_btr, b_rows_bro, b_shared_ro):
+    """`[low_rows, low_shared] @ [b_rows; b_shared]` per row, with a gradient that differentiates only
+    what is trained.
 
     Autodiff of the one product would form the gradient of the whole broadcast `[b, r, out]` stack:
     the frozen organisms' rows included, the output gradient copied into `[b, out, t]` for a dot that
     contracts time per row, and a sum over rows for the shared part (IA SFT step on the benchmark model:
     4.45 -> 4.13 s, median of 10). Here the shared (trained) `b` gets one flat `[tokens, r]` x
     `[tokens, out]` dot, per-row `b`s a gradient only when they are trained (organism training), and
-    nothing needs the product's output, so remat never recomputes it.
+    the backward pass keeps only the low-rank activations it reads, so remat need not recompute the
+    rest.
     """
+    low_btr = jnp.concatenate([low_rows_btr, low_shared_btr], axis=-1)
     return jnp.einsum("btr,bro->bto", low_btr, _all_b(b_rows_bro, b_shared_ro))
 
 
-def _rows_and_shared_fwd(low_btr, b_rows_bro, b_shared_ro):
-    flags = tuple(None if not p.perturbed else () for p in (low_btr, b_rows_bro, b_shared_ro))
-    low_btr, b_rows_bro, b_shared_ro = low_btr.value, b_rows_bro.value, b_shared_ro.value
-    return _rows_and_shared_delta(low_btr, b_rows_bro, b_shared_ro), (low_btr, b_rows_bro, b_shared_ro, flags)
+def _rows_and_shared_fwd(low_rows_btr, low_shared_btr, b_rows_bro, b_shared_ro):
+    primals = (low_rows_btr, low_shared_btr, b_rows_bro, b_shared_ro)
+    delta_bto = _rows_and_shared_delta(*(p.value for p in primals))
+    need_lows, need_rows, need_shared = ((low_rows_btr.perturbed or low_shared_btr.perturbed),
+                                         b_rows_bro.perturbed, b_shared_ro.perturbed)
+    # `None` in place of what the backward pass will not read: residuals that remat would recompute.
+    return delta_bto, (low_rows_btr.value if need_rows else None, low_shared_btr.value if need_shared else None,
+                       b_rows_bro.value if need_lows else None, b_shared_ro.value if need_lows else None)
 
 
 def _rows_and_shared_bwd(residuals, d_bto):
-    low_btr, b_rows_bro, b_shared_ro, (need_low, need_rows, need_shared) = residuals
+    low_rows_btr, low_shared_btr, b_rows_bro, b_shared_ro = residuals
     if isinstance(d_bto, jax.custom_derivatives.SymbolicZero):
-        return None, None, None
-    rows_rank = b_rows_bro.shape[1]
-    d_low = None if need_low is None else jnp.einsum("bto,bro->btr", d_bto, _all_b(b_rows_bro, b_shared_ro))
-    d_rows = None if need_rows is None else jnp.einsum("btr,bto->bro", low_btr[..., :rows_rank], d_bto)
-    d_shared = None
-    if need_shared is not None:
-        d_shared = jnp.einsum("Tr,To->ro", low_btr[..., rows_rank:].reshape(-1, b_shared_ro.shape[0]),
+        return None, None, None, None
+    d_low_rows = d_low_shared = d_rows = d_shared = None
+    if b_rows_bro is not None:
+        d_low_btr = jnp.einsum("bto,bro->btr", d_bto, _all_b(b_rows_bro, b_shared_ro))
+        rows_rank = b_rows_bro.shape[1]
+        d_low_rows, d_low_shared = d_low_btr[..., :rows_rank], d_low_btr[..., rows_rank:]
+    if low_rows_btr is not None:
+        d_rows = jnp.einsum("btr,bto->bro", low_rows_btr, d_bto)
+    if low_shared_btr is not None:
+        d_shared = jnp.einsum("Tr,To->ro", low_shared_btr.reshape(-1, low_shared_btr.shape[-1]),
                               d_bto.reshape(-1, d_bto.shape[-1]))
-    return d_low, d_rows, d_shared
+    return d_low_rows, d_low_shared, d_rows, d_shared
 
 
 _rows_and_shared_delta.defvjp(_rows_and_shared_fwd, _rows_and_shared_bwd, symbolic_zeros=True)

@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import NamedSharding
 
 from ia_jax import initializers
@@ -35,15 +36,19 @@ _INIT_STDDEV = 0.02  # transformers' initializer_range default, so from-scratch 
 # What each layer keeps for the backward pass (`CausalLM.remat`, the recipes' `remat`):
 # - "none": everything XLA wants, attention probabilities and dropout masks included;
 # - "projections": the outputs of the weight matmuls (the token-flat dots, LoRA's low-rank products
-#   included); attention, norms, activations and dropout masks are recomputed from them. Less memory
-#   than "none" and faster too: the scan writes (and first zero-fills) every kept tensor once per
-#   layer, which on a bandwidth-bound CPU cost more than the recomputation (IA SFT step 4.4 -> 4.0 s,
-#   organism step 5.9 -> 4.7 s on the 48M benchmark model);
+#   included) and of each projection with its LoRA delta ("lora_projection": the per-row delta is a
+#   batched dot, which the dot rule would recompute, at 0.1 s of an IA SFT step, and the plain dot
+#   output it replaces is then not kept); attention, norms, activations and dropout masks are
+#   recomputed from them. Less memory than "none" and faster too: the scan writes (and first
+#   zero-fills) every kept tensor once per layer, which on a bandwidth-bound CPU cost more than the
+#   recomputation (IA SFT step 4.4 -> 4.0 s, organism step 5.9 -> 4.7 s on the 48M benchmark model);
 # - "full": only each layer's input; the whole layer runs again in the backward pass (about a third
 #   more compute), what sequences of thousands of tokens on 70B layers need.
 REMAT_POLICIES = {
     "none": None,
-    "projections": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "projections": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names("lora_projection")),
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 
@@ -96,7 +101,7 @@ class Projection(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         delta = lora_delta(self.equation, self.target, x, loras) if loras else None
-        return y if delta is None else y + delta
+        return y if delta is None else checkpoint_name(y + delta, "lora_projection")
 
 
 class RMSNorm(nnx.Module):
