@@ -119,6 +119,20 @@ def test_rematerialised_layers_give_the_same_logits_and_gradients(reference_chec
     assert kept(policy) < kept("none")
     if policy == "projections":
         assert kept("full") < kept(policy)  # and "full" keeps less still
+
+        def per_row_products(jaxpr):  # `btr,bro->bto`-shaped dots (per-row LoRA), nested jaxprs included
+            count = 0
+            for eqn in jaxpr.eqns:
+                if eqn.primitive.name == "dot_general" and [v.aval.ndim for v in eqn.invars] == [3, 3]:
+                    count += eqn.params["dimension_numbers"] == (((2,), (1,)), ((0,), (0,)))
+                for sub in jax.core.jaxprs_in_params(eqn.params):
+                    count += per_row_products(sub)
+            return count
+
+        forward_products = per_row_products(jax.make_jaxpr(loss, static_argnums=2)(state, shared, policy).jaxpr)
+        gradient = jax.make_jaxpr(jax.grad(loss, argnums=1), static_argnums=2)(state, shared, policy)
+        assert forward_products > 0
+        assert per_row_products(gradient.jaxpr) == forward_products  # kept, not recomputed for the IA's gradient
     with pytest.raises(ValueError, match=r"remat='dots': choose one of \['none', 'projections', 'full'\]"):
         loss(state, shared, "dots")
 
