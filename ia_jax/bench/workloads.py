@@ -159,14 +159,14 @@ def decode_call(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_toke
 def matmul_floor(base: CausalLM, *, batch_size: int, new_tokens: int) -> tuple[Callable, tuple]:
     """`(program, args)`: `new_tokens` steps of nothing but the base model's weight matmuls (each layer's
     seven projections, then the LM head) at `batch_size` rows, on the per-layer `[out, in]` copies the
-    sampler decodes with (`CausalLM.layer_slices`), the fastest layout found here (`[in, out]` took
+    sampler decodes with (`CausalLM.base_layer_slices`), the fastest layout found here (`[in, out]` took
     twice as long at 8 rows). No attention, norms, adapters or sampling: a decoder using XLA's dots
     cannot be faster, so the reference's time divided by this one bounds the decode ratio."""
     def out_in(kernel, out_ndim):
         return kernel.reshape(int(np.prod(kernel.shape[:out_ndim])), -1)
 
     layers = []
-    for layer_state, _ in base.layer_slices():
+    for layer_state in base.base_layer_slices():
         weights = nnx.to_pure_dict(layer_state)
         attn, mlp = weights["self_attn"], weights["mlp"]
         layers.append(tuple(out_in(attn[f"{p}_proj"]["kernel"], 2) for p in "qkv")  # [n, h, d]

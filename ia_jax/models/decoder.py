@@ -283,20 +283,19 @@ class CausalLM(nnx.Module):
         # between layers, so XLA never has to guess (and reshuffle) activation layouts.
         self.activation_mesh = None
 
-    def layer_slices(self, adapters=()) -> tuple:
-        """Each layer's weights, and each adapter's, as arrays of their own: `__call__(layers=...)`.
+    def base_layer_slices(self) -> tuple:
+        """Each layer's weights as arrays of their own, projection kernels laid out `[out..., in...]`: the
+        base's part of `layer_slices`, which a sampler takes once and reuses in every `generate` call.
 
-        Taken once before a decode loop. Inside a loop, XLA:CPU copies each weight's slice out of the
-        stacked arrays before its dot reads it, at every step: about 40% of a batch-8 decode step of
-        the benchmark model. Separate arrays are read in place. The price is a copy of the layer
-        weights while the slices live, and a program that grows with depth (compiles take longer).
+        Inside a decode loop, XLA:CPU copies each weight's slice out of the stacked arrays before its
+        dot reads it, at every step: about 40% of a batch-8 decode step of the benchmark model.
+        Separate arrays are read in place. The price is a copy of the layer weights while the slices
+        live, and a program that grows with depth (compiles take longer).
 
-        The copies of projection kernels are laid out `[out..., in...]`: a decode step multiplies a few
-        rows by each kernel, and XLA:CPU runs that product about twice as fast with the contracted axes
-        last in both operands (gate, up and down of the benchmark model at 8 rows: 12 against 24 ms per
-        step)."""
+        A decode step multiplies a few rows by each kernel, and XLA:CPU runs that product about twice
+        as fast with the contracted axes last in both operands (gate, up and down of the benchmark
+        model at 8 rows: 12 against 24 ms per step)."""
         _, layer_state = nnx.split(self.model.layers)
-        adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
 
         def layer_copy(variable, i):
             w_stacked, metadata = variable[...], variable.get_metadata()
@@ -311,9 +310,20 @@ class CausalLM(nnx.Module):
         def is_variable(x):
             return isinstance(x, nnx.Variable)
 
-        return tuple((jax.tree.map(lambda v: layer_copy(v, i), layer_state, is_leaf=is_variable),
-                      jax.tree.map(lambda w: w[i], adapter_weights))
+        return tuple(jax.tree.map(lambda v: layer_copy(v, i), layer_state, is_leaf=is_variable)
                      for i in range(self.config.num_layers))
+
+    def layer_slices(self, adapters=(), base_layers: tuple | None = None) -> tuple:
+        """Each layer's weights and each adapter's, as arrays of their own: `__call__(layers=...)`.
+
+        Taken once before a decode loop; `base_layers` (`base_layer_slices()`) reuses the base's part,
+        so only the adapters (small) are sliced."""
+        if base_layers is None:
+            base_layers = self.base_layer_slices()
+        elif len(base_layers) != self.config.num_layers:
+            raise ValueError(f"base_layers: {len(base_layers)} slices for {self.config.num_layers} layers")
+        adapter_weights = tuple(adapter.weights for adapter, _ in adapters)
+        return tuple((layer, jax.tree.map(lambda w: w[i], adapter_weights)) for i, layer in enumerate(base_layers))
 
     def __call__(self, tokens_bt, *, positions_bt=None, attention_mask_bt=None, adapters=(), dropout_rng=None,
                  cache: KVCache | None = None, logit_positions_bl=None, layers=None):

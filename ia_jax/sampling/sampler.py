@@ -96,8 +96,8 @@ def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
     return jnp.where(keep_bv, scaled_bv, -jnp.inf)
 
 
-def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b, top_p_b,
-              top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int, unroll_layers: bool):
+def _generate(model, base_layers, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b,
+              top_p_b, top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int):
     b, t = prompt_bt.shape
     adapters = []
     if organisms is not None:
@@ -111,8 +111,8 @@ def _generate(model, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits
     logits_btv, cache = model(prompt_bt, attention_mask_bt=prompt_mask_bt, adapters=adapters, cache=cache,
                               logit_positions_bl=jnp.full((b, 1), t - 1, jnp.int32))
     layers = None
-    if unroll_layers:  # the decode steps read each layer's own weights and cache, sliced once here
-        layers, cache = model.layer_slices(adapters), cache.per_layer()
+    if base_layers is not None:  # the decode steps read each layer's own weights and cache
+        layers, cache = model.layer_slices(adapters, base_layers=base_layers), cache.per_layer()
     out_bn = jnp.zeros((b, max_new_tokens), jnp.int32)
     done_b = limits_b <= 0
 
@@ -162,14 +162,15 @@ class Sampler:
                  stop_ids: Sequence[int] = (), pad_id: int = 0, batch_buckets: Sequence[int] | None = None,
                  prompt_buckets: Sequence[int] | None = None, max_batch: int = 64, max_prompt: int = 1024,
                  unroll_layers: bool | None = None):
-        """`unroll_layers`: decode steps run the layers unrolled, on per-layer copies of the weights
-        made once per call (`CausalLM.layer_slices`), instead of scanning the stacked layers.
+        """`unroll_layers`: decode steps run the layers unrolled, on per-layer copies of the base's
+        weights made once, here (`CausalLM.base_layer_slices`), instead of scanning the stacked layers.
 
         The default is on for CPU only. XLA:CPU copies every stacked weight's layer slice at every
         step; unrolled, the benchmark's `generate` was 1.16x / 1.21x faster at batch 8 / 32 and no
-        slower at batch 1 (the toy model's 1.45x), for about 0.5-9 s more compile per variant.
-        Accelerators read the slices in place and would pay for the copy in memory and for the depth
-        in compile time."""
+        slower at batch 1 (the toy model's 1.45x), for about 0.5-9 s more compile per variant. The
+        copies live as long as the sampler (a second copy of the layer weights); made per call, they
+        had cost each `generate` call about 0.2 s. Accelerators read the slices in place and would pay
+        for the copy in memory and for the depth in compile time."""
         if organisms is not None and not organisms.stacked:
             raise ValueError("organisms must be a stacked adapter (one slot per organism)")
         self.model = model
@@ -182,10 +183,12 @@ class Sampler:
         self.unroll_layers = jax.default_backend() == "cpu" if unroll_layers is None else bool(unroll_layers)
         graphdef, state = nnx.split(model)
         self._state = state
+        self._base_layers = None
+        if self.unroll_layers:
+            self._base_layers = jax.jit(lambda state: nnx.merge(graphdef, state).base_layer_slices())(state)
         self._jitted = jax.jit(
             lambda state, *args, max_new_tokens: _generate(nnx.merge(graphdef, state), *args,
-                                                           max_new_tokens=max_new_tokens,
-                                                           unroll_layers=self.unroll_layers),
+                                                           max_new_tokens=max_new_tokens),
             static_argnames=("max_new_tokens",))
 
     def set_ia(self, ia: LoraAdapter) -> None:
@@ -257,7 +260,7 @@ class Sampler:
         ia_ids = np.full(batch, -1, np.int32)
         ia_ids[:n] = np.where(use_ia, 0, -1)
         out, _ = self._jitted(
-            self._state, tokens, mask, organisms, ia_ids, limits, column("temperature", np.float32),
+            self._state, self._base_layers, tokens, mask, organisms, ia_ids, limits, column("temperature", np.float32),
             column("top_p", np.float32, 1.0), column("top_k", np.int32), column("seed", np.uint32), self.stop_ids,
             self.organisms, self.ia, max_new_tokens=max_new)
         out = multihost.fetch(out)  # on a pod, rows may live on other hosts' devices

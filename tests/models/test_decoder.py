@@ -125,7 +125,7 @@ def test_rematerialised_layers_give_the_same_logits_and_gradients(reference_chec
             for eqn in jaxpr.eqns:
                 if eqn.primitive.name == "dot_general" and [v.aval.ndim for v in eqn.invars] == [3, 3]:
                     count += eqn.params["dimension_numbers"] == (((2,), (1,)), ((0,), (0,)))
-                for sub in jax.core.jaxprs_in_params(eqn.params):
+                for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                     count += per_row_products(sub)
             return count
 

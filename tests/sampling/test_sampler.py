@@ -101,6 +101,39 @@ def test_swapping_the_ia_reuses_compiled_programs_and_matches_a_fresh_sampler(ad
         sampler.set_ia(lora.init_adapter(model.config, lora.LoraConfig(rank=3, alpha=4.0), jax.random.key(2)))
 
 
+def _transposed_shapes(jaxpr) -> set:
+    """Operand shapes of every transpose in a jaxpr, nested jaxprs (the decode loop's body) included."""
+    shapes = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "transpose":
+            shapes.add(tuple(eqn.invars[0].aval.shape))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            shapes |= _transposed_shapes(sub)
+    return shapes
+
+
+def test_unrolled_sampler_lays_out_the_base_once_not_per_call(adapted):
+    """The base's per-layer `[out, in]` kernel copies are made when the sampler is built; a `generate`
+    call transposes no layer kernel (slicing them per call cost the benchmark's batch-1 call about 0.2
+    s of 2)."""
+    model, organisms, ia = adapted
+    sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(2,),
+                      unroll_layers=True)
+    jitted, captured = sampler._jitted, {}
+
+    def spy(*args, **kwargs):
+        captured.update(args=args, kwargs=kwargs)
+        return jitted(*args, **kwargs)
+
+    sampler._jitted = spy
+    sampler.generate(_prompts(1, (6, 4)), SamplingParams(max_new_tokens=3), organism_ids=[0, 2], use_ia=True)
+    graphdef, state = nnx.split(model)
+    kernel_slices = {tuple(w.shape[1:]) for w in jax.tree.leaves(nnx.state(model.model.layers)) if w.ndim >= 3}
+    per_call = jax.jit(lambda state: nnx.merge(graphdef, state).layer_slices()).trace(state).jaxpr
+    assert _transposed_shapes(per_call.jaxpr) & kernel_slices  # the check sees slicing where it happens
+    assert not _transposed_shapes(jitted.trace(*captured["args"], **captured["kwargs"]).jaxpr.jaxpr) & kernel_slices
+
+
 def test_stop_tokens_limits_and_one_compile_per_bucket(adapted):
     model, _, _ = adapted
     sampler = Sampler(model, prompt_buckets=(8, 16), batch_buckets=(2, 4))
@@ -218,6 +251,11 @@ def test_unrolled_layers_match_the_scan_and_refuse_a_mismatched_cache(adapted):
     mask[1, :2] = 0
     logits, cache = model(prompt, attention_mask_bt=mask, adapters=adapters, cache=init_cache(model.config, 2, 8))
     layers = model.layer_slices(adapters)
+    reused = model.layer_slices(adapters, base_layers=model.base_layer_slices())
+    for a, b in zip(jax.tree.leaves(layers), jax.tree.leaves(reused)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="base_layers: 1 slices for 2 layers"):
+        model.layer_slices(adapters, base_layers=model.base_layer_slices()[:1])
     # Each layer's own copy, projection kernels `[out..., in...]` (what decoding multiplies fastest on CPU).
     c = model.config
     attn = layers[1][0]["self_attn"]
