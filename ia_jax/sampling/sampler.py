@@ -168,9 +168,10 @@ class Sampler:
         The default is on for CPU only. XLA:CPU copies every stacked weight's layer slice at every
         step; unrolled, the benchmark's `generate` was 1.16x / 1.21x faster at batch 8 / 32 and no
         slower at batch 1 (the toy model's 1.45x), for about 0.5-9 s more compile per variant. The
-        copies live as long as the sampler (a second copy of the layer weights); made per call, they
-        had cost each `generate` call about 0.2 s. Accelerators read the slices in place and would pay
-        for the copy in memory and for the depth in compile time."""
+        copies are kept between calls (a second copy of the layer weights) and remade when the model's
+        weights have changed (`nnx.update` on the model, as an evaluation during training does); made
+        in every call, they had cost each `generate` call about 0.2 s. Accelerators read the slices in
+        place and would pay for the copy in memory and for the depth in compile time."""
         if organisms is not None and not organisms.stacked:
             raise ValueError("organisms must be a stacked adapter (one slot per organism)")
         self.model = model
@@ -183,9 +184,8 @@ class Sampler:
         self.unroll_layers = jax.default_backend() == "cpu" if unroll_layers is None else bool(unroll_layers)
         graphdef, state = nnx.split(model)
         self._state = state
-        self._base_layers = None
-        if self.unroll_layers:
-            self._base_layers = jax.jit(lambda state: nnx.merge(graphdef, state).base_layer_slices())(state)
+        self._lay_out = jax.jit(lambda state: nnx.merge(graphdef, state).base_layer_slices())
+        self._base_layers, self._laid_out_from = None, ()
         self._jitted = jax.jit(
             lambda state, *args, max_new_tokens: _generate(nnx.merge(graphdef, state), *args,
                                                            max_new_tokens=max_new_tokens),
@@ -199,6 +199,17 @@ class Sampler:
                 jax.tree.map(np.shape, new.weights) != jax.tree.map(np.shape, self.ia.weights):
             raise ValueError("set_ia: the new IA must have the loaded IA's config and shapes")
         self.ia = new
+
+    def _decode_layers(self):
+        """The base's decode copies, remade only when a weight array is no longer the one they were made
+        from: the sampler holds the model's variables, so an `nnx.update` of the model reaches it."""
+        if not self.unroll_layers:
+            return None
+        leaves = jax.tree.leaves(self._state)
+        if self._base_layers is None or len(leaves) != len(self._laid_out_from) or \
+                any(now is not then for now, then in zip(leaves, self._laid_out_from)):
+            self._base_layers, self._laid_out_from = self._lay_out(self._state), tuple(leaves)
+        return self._base_layers
 
     def compiled_variants(self) -> int:
         return self._jitted._cache_size()
@@ -260,9 +271,9 @@ class Sampler:
         ia_ids = np.full(batch, -1, np.int32)
         ia_ids[:n] = np.where(use_ia, 0, -1)
         out, _ = self._jitted(
-            self._state, self._base_layers, tokens, mask, organisms, ia_ids, limits, column("temperature", np.float32),
-            column("top_p", np.float32, 1.0), column("top_k", np.int32), column("seed", np.uint32), self.stop_ids,
-            self.organisms, self.ia, max_new_tokens=max_new)
+            self._state, self._decode_layers(), tokens, mask, organisms, ia_ids, limits,
+            column("temperature", np.float32), column("top_p", np.float32, 1.0), column("top_k", np.int32),
+            column("seed", np.uint32), self.stop_ids, self.organisms, self.ia, max_new_tokens=max_new)
         out = multihost.fetch(out)  # on a pod, rows may live on other hosts' devices
         stops = set(self.stop_ids.tolist())
         results = []

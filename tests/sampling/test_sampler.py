@@ -113,7 +113,7 @@ def _transposed_shapes(jaxpr) -> set:
 
 
 def test_unrolled_sampler_lays_out_the_base_once_not_per_call(adapted):
-    """The base's per-layer `[out, in]` kernel copies are made when the sampler is built; a `generate`
+    """The base's per-layer `[out, in]` kernel copies are kept between calls; a `generate`
     call transposes no layer kernel (slicing them per call cost the benchmark's batch-1 call about 0.2
     s of 2)."""
     model, organisms, ia = adapted
@@ -132,6 +132,23 @@ def test_unrolled_sampler_lays_out_the_base_once_not_per_call(adapted):
     per_call = jax.jit(lambda state: nnx.merge(graphdef, state).layer_slices()).trace(state).jaxpr
     assert _transposed_shapes(per_call.jaxpr) & kernel_slices  # the check sees slicing where it happens
     assert not _transposed_shapes(jitted.trace(*captured["args"], **captured["kwargs"]).jaxpr.jaxpr) & kernel_slices
+
+
+def test_weights_updated_in_place_reach_the_unrolled_sampler(adapted):
+    """A sampler holds its model's variables: after `nnx.update` (an evaluation during training) it
+    decodes with the new weights, its kept decode copies remade, as a fresh sampler would."""
+    model, _, _ = adapted
+    model = nnx.clone(model)
+    prompts, params = _prompts(4, (6, 4)), SamplingParams(max_new_tokens=NEW)
+    sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(2,), unroll_layers=True)
+    before = sampler.generate(prompts, params)
+    assert sampler.generate(prompts, params) == before  # unchanged weights: the kept copies serve
+    rng = np.random.default_rng(3)
+    nnx.update(model, jax.tree.map(lambda w: w + 0.2 * rng.standard_normal(w.shape, np.float32), nnx.state(model)))
+    after = sampler.generate(prompts, params)
+    assert after == Sampler(model, prompt_buckets=(16,), batch_buckets=(2,), unroll_layers=False).generate(
+        prompts, params) != before
+    assert sampler.compiled_variants() == 1
 
 
 def test_stop_tokens_limits_and_one_compile_per_bucket(adapted):
