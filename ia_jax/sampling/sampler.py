@@ -163,7 +163,7 @@ class Sampler:
                  prompt_buckets: Sequence[int] | None = None, max_batch: int = 64, max_prompt: int = 1024,
                  unroll_layers: bool | None = None):
         """`unroll_layers`: decode steps run the layers unrolled, on per-layer copies of the base's
-        weights made once, here (`CausalLM.base_layer_slices`), instead of scanning the stacked layers.
+        weights made once and kept (`CausalLM.base_layer_slices`), instead of scanning the stacked layers.
 
         The default is on for CPU only. XLA:CPU copies every stacked weight's layer slice at every
         step; unrolled, the benchmark's `generate` was 1.16x / 1.21x faster at batch 8 / 32 and no
