@@ -142,10 +142,13 @@ def test_weights_updated_in_place_reach_the_unrolled_sampler(adapted):
     prompts, params = _prompts(4, (6, 4)), SamplingParams(max_new_tokens=NEW)
     sampler = Sampler(model, prompt_buckets=(16,), batch_buckets=(2,), unroll_layers=True)
     before = sampler.generate(prompts, params)
-    assert sampler.generate(prompts, params) == before  # unchanged weights: the kept copies serve
+    kept = sampler._base_layers
+    assert sampler.generate(prompts, params) == before
+    assert sampler._base_layers is kept  # unchanged weights: the kept copies serve, not remade
     rng = np.random.default_rng(3)
     nnx.update(model, jax.tree.map(lambda w: w + 0.2 * rng.standard_normal(w.shape, np.float32), nnx.state(model)))
     after = sampler.generate(prompts, params)
+    assert sampler._base_layers is not kept
     assert after == Sampler(model, prompt_buckets=(16,), batch_buckets=(2,), unroll_layers=False).generate(
         prompts, params) != before
     assert sampler.compiled_variants() == 1
