@@ -136,7 +136,7 @@ def ia_train_step_call(base: CausalLM, batch: dict, objective: ts.Objective, *, 
 def decode_call(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: LoraConfig,
                 ia_lora: LoraConfig, slots: int, seed: int) -> Callable[[], object]:
     """`Sampler.generate` of exactly `new_tokens` greedy tokens per row (no stop token), with every row
-    on its own organism and the IA, the self-report workload."""
+    on one of `slots` organisms in turn and the IA on: the self-report workload."""
     model = base.config
     ia = _organisms(model, ia_lora, 1, seed + 3)
     ia = LoraAdapter(weights=jax.tree.map(lambda w: w[:, 0], ia.weights), config=ia_lora)

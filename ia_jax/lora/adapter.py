@@ -101,26 +101,32 @@ class LoraAdapter:
     weights: dict
     config: LoraConfig = struct.field(pytree_node=False)
     num_slots: int | None = struct.field(pytree_node=False, default=None)
-    # Slot i serves row i of the batch (see `per_row`); the ids then only switch rows off (-1).
-    row_aligned: bool = struct.field(pytree_node=False, default=False)
+    # Slot g serves rows [g * rows_per_slot, (g + 1) * rows_per_slot) of the batch (see `per_group`); the
+    # ids then only switch rows off (-1). None: each row's id picks its slot.
+    rows_per_slot: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def stacked(self) -> bool:
         return self.num_slots is not None
 
-    def per_row(self, ids_b: jax.Array) -> tuple[LoraAdapter, jax.Array]:
-        """This stack gathered once into one slot per row, with the ids that address it.
+    def per_group(self, slots_g: jax.Array, rows_per_group: int) -> tuple[LoraAdapter, jax.Array]:
+        """This stack gathered once into one slot per group of `rows_per_group` consecutive rows (group g
+        runs slot `slots_g[g]`, -1 none), with the row ids that address it.
 
-        A decode loop runs the same rows through the same organisms at every step; gathering each
-        row's weights once, rather than in every projection of every step, keeps the loop from
-        copying `rows x rank x (in + out)` weights per layer per token."""
-        if not self.stacked or self.row_aligned:
-            raise ValueError("per_row needs a stacked adapter addressed by slot ids")
-        ids_b = jnp.asarray(ids_b, jnp.int32)
-        slots_b = jnp.maximum(ids_b, 0)
-        rows = LoraAdapter(weights=jax.tree.map(lambda w: w[:, slots_b], self.weights), config=self.config,
-                           num_slots=ids_b.shape[0], row_aligned=True)
-        return rows, jnp.where(ids_b >= 0, jnp.arange(ids_b.shape[0], dtype=jnp.int32), -1)
+        A decode loop runs the same rows through the same organisms at every step. Gathering each group's
+        weights once, rather than each row's in every projection of every step, keeps the loop from
+        copying `rows x rank x (in + out)` weights per layer per token; and rows that share an organism,
+        put next to each other by the sampler, read its weights once per step instead of once per row
+        (batch 32 of 8 organisms: a quarter of the bytes)."""
+        if not self.stacked or self.rows_per_slot is not None:
+            raise ValueError("per_group needs a stacked adapter addressed by slot ids")
+        if rows_per_group < 1:
+            raise ValueError(f"per_group: rows_per_group={rows_per_group}, need >= 1")
+        slots_g = jnp.asarray(slots_g, jnp.int32)
+        groups = slots_g.shape[0]
+        grouped = LoraAdapter(weights=jax.tree.map(lambda w: w[:, jnp.maximum(slots_g, 0)], self.weights),
+                              config=self.config, num_slots=groups, rows_per_slot=rows_per_group)
+        return grouped, jnp.repeat(jnp.where(slots_g >= 0, jnp.arange(groups, dtype=jnp.int32), -1), rows_per_group)
 
     def logical_axes(self) -> dict:
         """Per-weight logical axes, same structure as `weights`, for sharding adapters like the base."""

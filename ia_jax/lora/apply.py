@@ -22,15 +22,16 @@ _TARGET_INDEX = {"q": 0, "k": 1, "v": 2, "o": 3, "gate": 4, "up": 5, "down": 6}
 class LayerLora:
     """One adapter's weights for one layer, as the scan body sees them.
 
-    `row_aligned`: a stacked adapter whose slot i already serves row i (gathered once per row, as the
-    decode loop does), so `ids_b` only switches rows off (-1) and no per-step gather runs."""
+    `rows_per_slot`: a stacked adapter whose slot g already serves the g-th group of that many consecutive
+    rows (gathered once per group, as the decode loop does), so `ids_b` only switches rows off (-1) and no
+    per-step gather runs."""
 
     weights: dict
     ids_b: jax.Array | None
     scale: float
     dropout: float
     rng: jax.Array | None
-    row_aligned: bool = False
+    rows_per_slot: int | None = None
 
 
 def _letters(equation: str) -> tuple[str, str]:
@@ -62,7 +63,22 @@ def lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora]):
     of what LoRA costs on a bandwidth-bound CPU (about a quarter of a projection with two adapters).
     Rows switched off (id -1) get zero low-rank activations, so they add nothing. A one-slot stack (the
     sampler's IA, on or off per row) runs as a shared adapter with that switch, gathering nothing.
+
+    With an adapter gathered per group of G rows (`rows_per_slot`), the rows are viewed as `[b / G, G * t]`
+    throughout, so each group's weights meet all its rows' tokens in one product.
     """
+    groups = {lora.rows_per_slot for lora in loras if lora.rows_per_slot is not None and target in lora.weights}
+    if len(groups) > 1:
+        raise ValueError(f"adapters gathered per groups of different sizes {sorted(groups)} in one call")
+    group = groups.pop() if groups else 1
+    b, t = x.shape[:2]
+    if b % group:
+        raise ValueError(f"a batch of {b} rows does not split into groups of {group}")
+    delta = _lora_delta(equation, target, x.reshape(b // group, group * t, *x.shape[2:]), loras, group, t)
+    return delta if delta is None or group == 1 else delta.reshape(b, t, *delta.shape[2:])
+
+
+def _lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora], group: int, length: int):
     in_letters, out_letters = _letters(equation)
     shared, per_example = [], []  # (low-rank activations [b, t, r], b: [r, out...] or per row [b, r, out...])
     for lora in loras:
@@ -77,11 +93,13 @@ def lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora]):
         if lora.ids_b is None:
             shared.append((tokens_einsum(f"bt{in_letters},{in_letters}r->btr", x_in, a) * scale, b))
             continue
-        on_b1r = (lora.ids_b >= 0)[:, None, None].astype(x.dtype) * scale
-        if a.shape[0] == 1 and not lora.row_aligned:
+        on_b = (lora.ids_b >= 0).astype(x.dtype) * scale
+        # Each row's switch, laid out as the (grouped) rows: `[b / G, G * t, 1]`.
+        on_b1r = on_b[:, None, None] if group == 1 else jnp.repeat(on_b, length).reshape(x.shape[0], -1, 1)
+        if a.shape[0] == 1 and lora.rows_per_slot is None:
             shared.append((tokens_einsum(f"bt{in_letters},{in_letters}r->btr", x_in, a[0]) * on_b1r, b[0]))
             continue
-        if not lora.row_aligned:
+        if lora.rows_per_slot is None:
             slots_b = jnp.maximum(lora.ids_b, 0)
             a, b = a[slots_b], b[slots_b]
         per_example.append((jnp.einsum(f"bt{in_letters},b{in_letters}r->btr", x_in, a) * on_b1r, b))

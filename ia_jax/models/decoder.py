@@ -391,7 +391,7 @@ class CausalLM(nnx.Module):
                 if dropout_rng is not None and adapter.config.dropout > 0:
                     rng = jax.random.fold_in(jax.random.fold_in(dropout_rng, i), layer_index)
                 loras.append(LayerLora(weights, None if ids_b is None else jnp.asarray(ids_b, jnp.int32),
-                                       adapter.config.scale, adapter.config.dropout, rng, adapter.row_aligned))
+                                       adapter.config.scale, adapter.config.dropout, rng, adapter.rows_per_slot))
             layer = nnx.merge(layer_def, one_layer_state)
             x_btd, layer_cache = layer(x_btd, cos_bth, sin_bth, visible_bts, tuple(loras), layer_cache,
                                        None if cache is None else cache.index, kernels_out_first=layers is not None)
@@ -459,7 +459,8 @@ def _check_adapter_call(adapter, ids_b, config: ModelConfig, batch: int, name: s
         if jnp.shape(ids_b) != (batch,):
             raise ValueError(f"{name}: ids have shape {list(jnp.shape(ids_b))}, expected [{batch}] (one per example)")
         check_ids(ids_b, adapter.num_slots, name)
-        if adapter.row_aligned and adapter.num_slots != batch:
-            raise ValueError(f"{name}: a per-row adapter of {adapter.num_slots} rows applied to a batch of {batch}")
+        if adapter.rows_per_slot is not None and adapter.num_slots * adapter.rows_per_slot != batch:
+            raise ValueError(f"{name}: an adapter of {adapter.num_slots} groups of {adapter.rows_per_slot} rows "
+                             f"applied to a batch of {batch}")
     elif ids_b is not None:
         raise ValueError(f"{name}: a shared adapter takes ids None, not per-example ids")

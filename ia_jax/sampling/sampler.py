@@ -9,7 +9,8 @@ so changing them never recompiles.
 
 Each row picks its organism (a slot of the stacked organism adapter, -1 for none) and whether the
 introspection adapter is on; the IA is applied as a one-slot stacked adapter so one batch can mix
-rows with and without it.
+rows with and without it. Rows of one organism are laid out next to each other in equal groups
+(`group_rows`), so a decode step reads each organism's weights once per group rather than once per row.
 """
 
 from __future__ import annotations
@@ -77,6 +78,34 @@ def _powers_of_two(limit: int, start: int = 1) -> tuple[int, ...]:
     return tuple(out) + (limit,)
 
 
+def group_rows(organism_ids: Sequence[int], batch: int) -> tuple[list[int], int, list[int]]:
+    """Where each row of a chunk goes in a batch of `batch` rows: rows of one organism next to each other,
+    in groups of G rows that each run one organism.
+
+    G is the largest power of two dividing `batch` for which every organism's rows (rows without one
+    count as an organism, -1), split into whole groups, fit the batch; G = 1 always does. Returns
+    `(order, G, slots_g)`: `order[p]` is the row at batch position p (-1: padding) and `slots_g[g]`
+    the organism of group g (-1: none). A row's answer does not depend on where it sits in the batch."""
+    ids = [int(i) for i in organism_ids]
+    if len(ids) > batch:
+        raise ValueError(f"{len(ids)} rows do not fit a batch of {batch}")
+    rows_of: dict[int, list[int]] = {}
+    for row, organism in enumerate(ids):
+        rows_of.setdefault(organism, []).append(row)
+    group = batch & -batch
+    while group > 1 and sum(-(-len(rows) // group) for rows in rows_of.values()) * group > batch:
+        group //= 2
+    order, slots = [], []
+    for organism, rows in rows_of.items():
+        for start in range(0, len(rows), group):
+            members = rows[start:start + group]
+            order.extend(members + [-1] * (group - len(members)))
+            slots.append(organism)
+    slots.extend([-1] * ((batch - len(order)) // group))
+    order.extend([-1] * (batch - len(order)))
+    return order, group, slots
+
+
 def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
     """Temperature, then top-k, then top-p on the renormalised top-k distribution, as transformers'
     warpers do. Cuts are by rank, so tied logits at a cut are not all kept."""
@@ -96,13 +125,15 @@ def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
     return jnp.where(keep_bv, scaled_bv, -jnp.inf)
 
 
-def _generate(model, base_layers, prompt_bt, prompt_mask_bt, organism_ids_b, ia_ids_b, limits_b, temperature_b,
-              top_p_b, top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int):
+def _generate(model, base_layers, prompt_bt, prompt_mask_bt, organism_ids_b, group_slots_g, ia_ids_b, limits_b,
+              temperature_b, top_p_b, top_k_b, seeds_b, stop_ids, organisms, ia, *, max_new_tokens: int,
+              rows_per_group: int | None):
     b, t = prompt_bt.shape
     adapters = []
     if organisms is not None:
-        # Each row's organism gathered once for the whole loop, when that holds no more than the stack.
-        adapters.append(organisms.per_row(organism_ids_b) if 1 < organisms.num_slots and b <= organisms.num_slots
+        # Each group's organism gathered once for the whole loop (`rows_per_group`), or each row's slot
+        # gathered in every projection when the groups would outnumber the stack.
+        adapters.append(organisms.per_group(group_slots_g, rows_per_group) if rows_per_group
                         else (organisms, organism_ids_b))
     if ia is not None:
         adapters.append((ia, ia_ids_b))
@@ -187,9 +218,9 @@ class Sampler:
         self._lay_out = jax.jit(lambda state: nnx.merge(graphdef, state).base_layer_slices())
         self._base_layers, self._laid_out_from = None, ()
         self._jitted = jax.jit(
-            lambda state, *args, max_new_tokens: _generate(nnx.merge(graphdef, state), *args,
-                                                           max_new_tokens=max_new_tokens),
-            static_argnames=("max_new_tokens",))
+            lambda state, *args, max_new_tokens, rows_per_group: _generate(
+                nnx.merge(graphdef, state), *args, max_new_tokens=max_new_tokens, rows_per_group=rows_per_group),
+            static_argnames=("max_new_tokens", "rows_per_group"))
 
     def set_ia(self, ia: LoraAdapter) -> None:
         """Swaps in other IA weights of the same config and shapes (e.g. the IA as it trains), reusing
@@ -254,31 +285,37 @@ class Sampler:
         batch = _bucket(n, self.batch_buckets, "batch")
         width = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length")
         max_new = length_bucket(max(p.max_new_tokens for p in params))
+        order, group, slots = group_rows(organism_ids, batch)
+        # Gathered per group only when that holds no more than the stack (memory), as in `per_group`.
+        grouped = self.organisms is not None and len(slots) <= self.organisms.num_slots
+        position = {row: p for p, row in enumerate(order) if row >= 0}
+        placed = [position[row] for row in range(n)]
         tokens = np.full((batch, width), self.pad_id, np.int32)
         mask = np.zeros((batch, width), np.int32)
         for row, prompt in enumerate(prompts):
             if len(prompt):
-                tokens[row, width - len(prompt):] = prompt
-                mask[row, width - len(prompt):] = 1
+                tokens[placed[row], width - len(prompt):] = prompt
+                mask[placed[row], width - len(prompt):] = 1
         def column(field, dtype, fill=0):
             values = np.full(batch, fill, dtype)
-            values[:n] = [getattr(p, field) for p in params]
+            values[placed] = [getattr(p, field) for p in params]
             return values
 
         limits = column("max_new_tokens", np.int32)
         organisms = np.full(batch, -1, np.int32)
-        organisms[:n] = organism_ids
+        organisms[placed] = organism_ids
         ia_ids = np.full(batch, -1, np.int32)
-        ia_ids[:n] = np.where(use_ia, 0, -1)
+        ia_ids[placed] = np.where(use_ia, 0, -1)
         out, _ = self._jitted(
-            self._state, self._decode_layers(), tokens, mask, organisms, ia_ids, limits,
-            column("temperature", np.float32), column("top_p", np.float32, 1.0), column("top_k", np.int32),
-            column("seed", np.uint32), self.stop_ids, self.organisms, self.ia, max_new_tokens=max_new)
+            self._state, self._decode_layers(), tokens, mask, organisms,
+            np.asarray(slots if grouped else [], np.int32), ia_ids, limits, column("temperature", np.float32),
+            column("top_p", np.float32, 1.0), column("top_k", np.int32), column("seed", np.uint32), self.stop_ids,
+            self.organisms, self.ia, max_new_tokens=max_new, rows_per_group=group if grouped else None)
         out = multihost.fetch(out)  # on a pod, rows may live on other hosts' devices
         stops = set(self.stop_ids.tolist())
         results = []
         for row in range(n):
-            tokens_row = out[row, : params[row].max_new_tokens].tolist()
+            tokens_row = out[placed[row], : params[row].max_new_tokens].tolist()
             for i, token in enumerate(tokens_row):
                 if token in stops:
                     tokens_row = tokens_row[: i + 1]

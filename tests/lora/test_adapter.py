@@ -79,15 +79,38 @@ def test_per_row_gather_and_one_slot_switch_equal_the_merged_adapters(setup, len
     ids = np.array([1, 0, -1, 2, 1], np.int32)
     ia_on = np.array([0, -1, 0, 0, -1], np.int32)
     one_slot = lora.LoraAdapter(weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
-    rows, row_ids = organisms.per_row(ids)
+    rows, row_ids = organisms.per_group(ids, 1)
     assert rows.num_slots == 5 and row_ids.tolist() == [0, 1, -1, 3, 4]
-    with pytest.raises(ValueError, match=r"adapters\[0\]: a per-row adapter of 5 rows applied to a batch of 4"):
+    with pytest.raises(ValueError, match=r"adapters\[0\]: an adapter of 5 groups of 1 rows applied to a batch of 4"):
         model(tokens[:4], adapters=[(rows, row_ids[:4])])
     composed = np.asarray(forward(model, tokens, [(rows, row_ids), (one_slot, ia_on)]))
     for row, (slot, on) in enumerate(zip(ids, ia_on)):
         merged = model if slot < 0 else lora.merge(model, organisms, int(slot))
         merged = merged if on < 0 else lora.merge(merged, ia)
         np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [1, 11])
+def test_groups_of_rows_sharing_an_organism_equal_the_merged_adapters(setup, length):
+    """The sampler's grouped form: each group of 3 consecutive rows runs one gathered organism (-1: none),
+    the IA switched per row inside the groups."""
+    model, organisms, ia = setup
+    tokens = np.concatenate([TOKENS, TOKENS[::-1], TOKENS[:2]])[:, :length]  # 12 rows
+    one_slot = lora.LoraAdapter(weights=jax.tree.map(lambda w: w[:, None], ia.weights), config=ia.config, num_slots=1)
+    groups, row_ids = organisms.per_group(np.array([2, -1, 0, 2], np.int32), 3)
+    assert groups.num_slots == 4 and groups.rows_per_slot == 3
+    assert row_ids.tolist() == [0, 0, 0, -1, -1, -1, 2, 2, 2, 3, 3, 3]
+    ia_on = np.array([0, -1, 0] * 4, np.int32)
+    composed = np.asarray(forward(model, tokens, [(groups, row_ids), (one_slot, ia_on)]))
+    for row, on in enumerate(ia_on):
+        slot = (2, -1, 0, 2)[row // 3]
+        merged = model if slot < 0 else lora.merge(model, organisms, slot)
+        merged = merged if on < 0 else lora.merge(merged, ia)
+        np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"adapters\[0\]: an adapter of 4 groups of 3 rows applied to a batch of 6"):
+        model(tokens[:6], adapters=[(groups, row_ids[:6])])
+    with pytest.raises(ValueError, match="per_group needs a stacked adapter addressed by slot ids"):
+        groups.per_group(np.array([0], np.int32), 12)
 
 
 def test_gradients_through_stacked_and_shared_equal_those_of_the_merged_models(setup):

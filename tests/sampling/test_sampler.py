@@ -10,7 +10,7 @@ from flax import nnx
 
 from ia_jax import lora, models
 from ia_jax.parallel.sharding import make_mesh
-from ia_jax.sampling.sampler import Sampler, SamplingParams
+from ia_jax.sampling.sampler import Sampler, SamplingParams, group_rows
 
 NEW = 10
 
@@ -68,14 +68,24 @@ def adapted(reference_checkpoint):
 
 
 @pytest.mark.parametrize("unroll_layers", [True, False])
-@pytest.mark.parametrize("rows", [4, 2])  # more rows than organism slots (gathered per step), or fewer (per call)
-def test_per_row_organism_and_ia_match_uncached_composition(adapted, unroll_layers, rows):
+@pytest.mark.parametrize("organism_ids, rows_per_group", [
+    ([2, -1, 0, 2], None),  # 4 groups of one row would outnumber the 3 slots: each row's slot gathered per step
+    ([2, -1], 1),  # one row per group, gathered once per call
+    ([2, 0, 0, 2], 2),  # rows 0 and 3 moved next to each other: two groups of two
+    ([1, 1, 1, 1], 4),  # one organism for the whole batch
+])
+def test_per_row_organism_and_ia_match_uncached_composition(adapted, unroll_layers, organism_ids, rows_per_group):
     model, organisms, ia = adapted
+    rows = len(organism_ids)
     sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(rows,),
                       unroll_layers=unroll_layers)
     prompts = _prompts(1, (6, 4, 7, 5)[:rows])
-    organism_ids, use_ia = [2, -1, 0, 2][:rows], [True, True, False, False][:rows]
+    use_ia = [True, True, False, False][:rows]
+    calls = []
+    sampler._jitted = (lambda jitted: lambda *a, **k: calls.append(k["rows_per_group"]) or jitted(*a, **k))(
+        sampler._jitted)
     ours = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW), organism_ids=organism_ids, use_ia=use_ia)
+    assert calls == [rows_per_group]
     for prompt, organism, ia_on, generated in zip(prompts, organism_ids, use_ia, ours):
         adapters = []
         if organism >= 0:
@@ -84,6 +94,18 @@ def test_per_row_organism_and_ia_match_uncached_composition(adapted, unroll_laye
             adapters.append((ia, None))
         assert generated == _uncached_greedy(model, prompt, NEW, tuple(adapters)), (organism, ia_on)
     assert len({tuple(g) for g in ours}) == rows  # the adapters really change the answers
+
+
+def test_rows_of_one_organism_are_grouped_in_the_largest_groups_that_fit():
+    assert group_rows([5, 3, 5, 3], 4) == ([0, 2, 1, 3], 2, [5, 3])
+    assert group_rows([5, 3, 5, 3], 8) == ([0, 2, -1, -1, 1, 3, -1, -1], 4, [5, 3])
+    assert group_rows([7, 7, 7], 4) == ([0, 1, 2, -1], 4, [7])
+    assert group_rows([7, -1, 7, 7, 7], 8) == ([0, 2, 3, 4, 1, -1, -1, -1], 4, [7, -1])
+    assert group_rows([1, 1, 1, 2], 4) == ([0, 1, 2, 3], 1, [1, 1, 1, 2])  # 1 + 1 groups of 2 or more do not fit
+    assert group_rows([1, 2], 3) == ([0, 1, -1], 1, [1, 2, -1])  # a batch bucket that is not a power of two
+    assert group_rows([], 2) == ([-1, -1], 2, [-1])
+    with pytest.raises(ValueError, match="3 rows do not fit a batch of 2"):
+        group_rows([0, 0, 0], 2)
 
 
 def test_swapping_the_ia_reuses_compiled_programs_and_matches_a_fresh_sampler(adapted):
