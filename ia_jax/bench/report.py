@@ -37,7 +37,8 @@ def rows(results: dict) -> list[tuple[str, str, str, float | None, float | None]
         out.append((f"decode {key.replace('_', ' ')}", f"{r['ours']['tokens_per_second']:.0f} tok/s", ref,
                     r.get("ratio"), TARGETS["decode"]))
         if "floor" in r:
-            out.append(("  bound: base matmuls only", f"{r['floor']['tokens_per_second']:.0f} tok/s", ref,
+            out.append((f"  bound ({key.replace('_', ' ')}): matmuls only",
+                        f"{r['floor']['tokens_per_second']:.0f} tok/s", ref,
                         r.get("ratio_bound"), None))
     return out
 
@@ -53,8 +54,9 @@ def table(results: dict) -> str:
 def plot_ratios(results: dict, path: str) -> None:
     entries = [(name, ratio, target) for name, _, _, ratio, target in rows(results) if ratio is not None]
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * max(len(entries), 1)))
-    names = [e[0] for e in entries]
-    ax.barh(names, [e[1] for e in entries], color="tab:blue")
+    # Bars by position, not by label: a categorical axis would merge rows that share a name.
+    ax.barh(range(len(entries)), [e[1] for e in entries], color="tab:blue")
+    ax.set_yticks(range(len(entries)), [e[0].strip() for e in entries])
     for i, (_, _, target) in enumerate(entries):
         if target is not None:
             ax.plot([target, target], [i - 0.4, i + 0.4], color="tab:red")
