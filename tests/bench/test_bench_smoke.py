@@ -43,7 +43,7 @@ def test_every_workload_ran_on_both_sides(smoke):
         assert len(r["floor"]["times"]) == results["config"]["repeats"]
         assert r["ratio_bound"] == pytest.approx(r["reference"]["seconds"] / r["floor"]["seconds"])
     assert os.path.getsize(os.path.splitext(out)[0] + ".png") > 0
-    assert "ia_sft step" in stdout and "decode batch 2" in stdout and "bound: base matmuls only" in stdout
+    assert "ia_sft step" in stdout and "decode batch 2" in stdout and "bound (batch 2): matmuls only" in stdout
 
 
 def test_an_unknown_workload_is_named(tmp_path):
