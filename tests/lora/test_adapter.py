@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from ia_jax import lora, models
+from ia_jax.lora import apply
 
 CONFIG = models.ModelConfig(model_type="qwen3", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
                             num_heads=4, num_kv_heads=2, head_dim=12, qk_norm=True)
@@ -111,6 +112,15 @@ def test_groups_of_rows_sharing_an_organism_equal_the_merged_adapters(setup, len
         model(tokens[:6], adapters=[(groups, row_ids[:6])])
     with pytest.raises(ValueError, match="per_group needs a stacked adapter addressed by slot ids"):
         groups.per_group(np.array([0], np.int32), 12)
+    with pytest.raises(ValueError, match="per_group: rows_per_group=0, need >= 1"):
+        organisms.per_group(np.array([0], np.int32), 0)
+    pairs, pair_ids = organisms.per_group(np.arange(6) % 3, 2)
+    with pytest.raises(ValueError, match=r"adapters gathered per groups of different sizes \[2, 3\] in one call"):
+        forward(model, tokens, [(groups, row_ids), (pairs, pair_ids)])
+    layer_weights = jax.tree.map(lambda w: w[0], groups.weights)
+    with pytest.raises(ValueError, match="a batch of 12 rows does not split into groups of 5"):
+        apply.lora_delta("btd,dnh->btnh", "q", np.zeros((12, 1, CONFIG.hidden_size), np.float32),
+                         [apply.LayerLora(layer_weights, row_ids, 1.0, 0.0, None, rows_per_slot=5)])
 
 
 def test_gradients_through_stacked_and_shared_equal_those_of_the_merged_models(setup):
