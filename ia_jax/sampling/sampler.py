@@ -78,23 +78,32 @@ def _powers_of_two(limit: int, start: int = 1) -> tuple[int, ...]:
     return tuple(out) + (limit,)
 
 
-def group_rows(organism_ids: Sequence[int], batch: int) -> tuple[list[int], int, list[int]]:
+def group_rows(organism_ids: Sequence[int], batch: int, group: int | None = None
+               ) -> tuple[list[int], int, list[int]]:
     """Where each row of a chunk goes in a batch of `batch` rows: rows of one organism next to each other,
     in groups of G rows that each run one organism.
 
-    G is the largest power of two dividing `batch` for which every organism's rows (rows without one
-    count as an organism, -1), split into whole groups, fit the batch; G = 1 always does. Returns
-    `(order, G, slots_g)`: `order[p]` is the row at batch position p (-1: padding) and `slots_g[g]`
-    the organism of group g (-1: none). A row's answer does not depend on where it sits in the batch."""
+    G is `group`, or else the largest power of two dividing `batch` for which every organism's rows
+    (rows without one count as an organism, -1), split into whole groups, fit the batch; G = 1 always
+    does, and if G fits so does every smaller power of two. Returns `(order, G, slots_g)`: `order[p]` is
+    the row at batch position p (-1: padding) and `slots_g[g]` the organism of group g (-1: none). A
+    row's answer does not depend on where it sits in the batch."""
     ids = [int(i) for i in organism_ids]
     if len(ids) > batch:
         raise ValueError(f"{len(ids)} rows do not fit a batch of {batch}")
     rows_of: dict[int, list[int]] = {}
     for row, organism in enumerate(ids):
         rows_of.setdefault(organism, []).append(row)
-    group = batch & -batch
-    while group > 1 and sum(-(-len(rows) // group) for rows in rows_of.values()) * group > batch:
-        group //= 2
+
+    def fits(g):
+        return batch % g == 0 and sum(-(-len(rows) // g) for rows in rows_of.values()) * g <= batch
+
+    if group is None:
+        group = batch & -batch
+        while not fits(group):
+            group //= 2
+    elif group < 1 or not fits(group):
+        raise ValueError(f"rows of organisms {ids} do not fit a batch of {batch} in groups of {group}")
     order, slots = [], []
     for organism, rows in rows_of.items():
         for start in range(0, len(rows), group):
@@ -217,6 +226,7 @@ class Sampler:
         self._state = state
         self._lay_out = jax.jit(lambda state: nnx.merge(graphdef, state).base_layer_slices())
         self._base_layers, self._laid_out_from = None, ()
+        self._group_sizes: dict[tuple, set] = {}  # per (batch, prompt, length) bucket: sizes compiled
         self._jitted = jax.jit(
             lambda state, *args, max_new_tokens, rows_per_group: _generate(
                 nnx.merge(graphdef, state), *args, max_new_tokens=max_new_tokens, rows_per_group=rows_per_group),
@@ -280,14 +290,30 @@ class Sampler:
             results.extend(self._generate_chunk(prompts[chunk], params[chunk], organism_ids[chunk], use_ia[chunk]))
         return results
 
+    def _group_size(self, shape: tuple, organism_ids, batch: int) -> int | None:
+        """The rows per organism group for this chunk, or None: each row's slot gathered per step.
+
+        Grouped only where the groups' gathered weights hold no more than the stack (memory). A
+        compiled program is reused in preference to a better layout: each group size is a program of
+        its own, and on the toy world's short answers the five sizes its evaluation met cost more to
+        compile (about 6 s each) than they saved. So the largest fitting size is compiled only when no
+        size already compiled for this shape fits."""
+        if self.organisms is None:
+            return None
+        _, largest, _ = group_rows(organism_ids, batch)
+        options = [g for g in _powers_of_two(largest) if batch // g <= self.organisms.num_slots][::-1] + [None]
+        compiled = self._group_sizes.setdefault(shape, set())
+        choice = next((option for option in options if option in compiled), options[0])
+        compiled.add(choice)
+        return choice
+
     def _generate_chunk(self, prompts, params: list[SamplingParams], organism_ids, use_ia):
         n = len(prompts)
         batch = _bucket(n, self.batch_buckets, "batch")
         width = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length")
         max_new = length_bucket(max(p.max_new_tokens for p in params))
-        order, group, slots = group_rows(organism_ids, batch)
-        # Gathered per group only when that holds no more than the stack (memory), as in `per_group`.
-        grouped = self.organisms is not None and len(slots) <= self.organisms.num_slots
+        group = self._group_size((batch, width, max_new), organism_ids, batch)
+        order, _, slots = group_rows(organism_ids, batch, group or 1)
         position = {row: p for p, row in enumerate(order) if row >= 0}
         placed = [position[row] for row in range(n)]
         tokens = np.full((batch, width), self.pad_id, np.int32)
@@ -308,9 +334,9 @@ class Sampler:
         ia_ids[placed] = np.where(use_ia, 0, -1)
         out, _ = self._jitted(
             self._state, self._decode_layers(), tokens, mask, organisms,
-            np.asarray(slots if grouped else [], np.int32), ia_ids, limits, column("temperature", np.float32),
+            np.asarray(slots if group else [], np.int32), ia_ids, limits, column("temperature", np.float32),
             column("top_p", np.float32, 1.0), column("top_k", np.int32), column("seed", np.uint32), self.stop_ids,
-            self.organisms, self.ia, max_new_tokens=max_new, rows_per_group=group if grouped else None)
+            self.organisms, self.ia, max_new_tokens=max_new, rows_per_group=group)
         out = multihost.fetch(out)  # on a pod, rows may live on other hosts' devices
         stops = set(self.stop_ids.tolist())
         results = []

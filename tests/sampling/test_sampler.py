@@ -104,8 +104,29 @@ def test_rows_of_one_organism_are_grouped_in_the_largest_groups_that_fit():
     assert group_rows([1, 1, 1, 2], 4) == ([0, 1, 2, 3], 1, [1, 1, 1, 2])  # 1 + 1 groups of 2 or more do not fit
     assert group_rows([1, 2], 3) == ([0, 1, -1], 1, [1, 2, -1])  # a batch bucket that is not a power of two
     assert group_rows([], 2) == ([-1, -1], 2, [-1])
+    assert group_rows([5, 3, 5, 3], 4, group=1) == ([0, 2, 1, 3], 1, [5, 5, 3, 3])
     with pytest.raises(ValueError, match="3 rows do not fit a batch of 2"):
         group_rows([0, 0, 0], 2)
+    with pytest.raises(ValueError, match=r"rows of organisms \[1, 1, 1, 2\] do not fit a batch of 4 in groups of 2"):
+        group_rows([1, 1, 1, 2], 4, group=2)
+
+
+def test_a_chunk_reuses_a_compiled_group_size_that_fits_rather_than_compile_its_best(adapted):
+    """Each group size is a program of its own: a later chunk that fits a size already compiled for its
+    shape uses it, and the answers do not depend on the layout."""
+    model, organisms, ia = adapted
+    prompts, params = _prompts(3, (6, 4, 7, 5)), SamplingParams(max_new_tokens=NEW)
+    sampler = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(4,))
+    calls, jitted = [], sampler._jitted
+    sampler._jitted = lambda *a, **k: calls.append(k["rows_per_group"]) or jitted(*a, **k)
+    mixed = sampler.generate(prompts, params, organism_ids=[2, 0, 0, 2], use_ia=True)
+    one = sampler.generate(prompts, params, organism_ids=[1, 1, 1, 1], use_ia=True)  # would fit groups of 4
+    assert calls == [2, 2] and jitted._cache_size() == 1
+    sampler.generate(prompts[:3], params, organism_ids=[0, 1, 2])  # fits no compiled size: per-step gather
+    assert calls[-1] is None and jitted._cache_size() == 2
+    fresh = Sampler(model, organisms=organisms, ia=ia, prompt_buckets=(16,), batch_buckets=(4,))
+    assert fresh.generate(prompts, params, organism_ids=[1, 1, 1, 1], use_ia=True) == one  # in groups of 4
+    assert fresh.generate(prompts, params, organism_ids=[2, 0, 0, 2], use_ia=True) == mixed
 
 
 def test_swapping_the_ia_reuses_compiled_programs_and_matches_a_fresh_sampler(adapted):
