@@ -78,32 +78,41 @@ def _powers_of_two(limit: int, start: int = 1) -> tuple[int, ...]:
     return tuple(out) + (limit,)
 
 
-def group_rows(organism_ids: Sequence[int], batch: int, group: int | None = None
-               ) -> tuple[list[int], int, list[int]]:
-    """Where each row of a chunk goes in a batch of `batch` rows: rows of one organism next to each other,
-    in groups of G rows that each run one organism.
-
-    G is `group`, or else the largest power of two dividing `batch` for which every organism's rows
-    (rows without one count as an organism, -1), split into whole groups, fit the batch; G = 1 always
-    does, and if G fits so does every smaller power of two. Returns `(order, G, slots_g)`: `order[p]` is
-    the row at batch position p (-1: padding) and `slots_g[g]` the organism of group g (-1: none). A
-    row's answer does not depend on where it sits in the batch."""
+def _rows_by_organism(organism_ids: Sequence[int], batch: int) -> dict[int, list[int]]:
     ids = [int(i) for i in organism_ids]
     if len(ids) > batch:
         raise ValueError(f"{len(ids)} rows do not fit a batch of {batch}")
     rows_of: dict[int, list[int]] = {}
     for row, organism in enumerate(ids):
         rows_of.setdefault(organism, []).append(row)
+    return rows_of
 
-    def fits(g):
-        return batch % g == 0 and sum(-(-len(rows) // g) for rows in rows_of.values()) * g <= batch
 
-    if group is None:
-        group = batch & -batch
-        while not fits(group):
-            group //= 2
-    elif group < 1 or not fits(group):
-        raise ValueError(f"rows of organisms {ids} do not fit a batch of {batch} in groups of {group}")
+def _fits(rows_of: dict[int, list[int]], batch: int, group: int) -> bool:
+    """Every organism's rows (rows without one count as an organism, -1), in whole groups, fit the batch."""
+    if group < 1 or batch % group:
+        return False
+    return sum(-(-len(rows) // group) for rows in rows_of.values()) * group <= batch
+
+
+def largest_group(organism_ids: Sequence[int], batch: int) -> int:
+    """The largest power of two dividing `batch` whose groups fit the chunk's rows (`group_rows`); 1 always
+    fits, and if a size fits so does every smaller power of two."""
+    rows_of, group = _rows_by_organism(organism_ids, batch), batch & -batch
+    while not _fits(rows_of, batch, group):
+        group //= 2
+    return group
+
+
+def group_rows(organism_ids: Sequence[int], batch: int, group: int) -> tuple[list[int], list[int]]:
+    """Where each row of a chunk goes in a batch of `batch` rows: rows of one organism next to each other,
+    in groups of `group` rows that each run one organism. Returns `(order, slots_g)`: `order[p]` is the
+    row at batch position p (-1: padding) and `slots_g[g]` the organism of group g (-1: none). A row's
+    answer does not depend on where it sits in the batch."""
+    rows_of = _rows_by_organism(organism_ids, batch)
+    if not _fits(rows_of, batch, group):
+        raise ValueError(f"rows of organisms {[int(i) for i in organism_ids]} do not fit a batch of {batch} "
+                         f"in groups of {group}")
     order, slots = [], []
     for organism, rows in rows_of.items():
         for start in range(0, len(rows), group):
@@ -112,7 +121,7 @@ def group_rows(organism_ids: Sequence[int], batch: int, group: int | None = None
             slots.append(organism)
     slots.extend([-1] * ((batch - len(order)) // group))
     order.extend([-1] * (batch - len(order)))
-    return order, group, slots
+    return order, slots
 
 
 def _filter_logits(logits_bv, temperature_b, top_p_b, top_k_b):
@@ -300,8 +309,8 @@ class Sampler:
         size already compiled for this shape fits."""
         if self.organisms is None:
             return None
-        _, largest, _ = group_rows(organism_ids, batch)
-        options = [g for g in _powers_of_two(largest) if batch // g <= self.organisms.num_slots][::-1] + [None]
+        options = [g for g in _powers_of_two(largest_group(organism_ids, batch))
+                   if batch // g <= self.organisms.num_slots][::-1] + [None]
         compiled = self._group_sizes.setdefault(shape, set())
         choice = next((option for option in options if option in compiled), options[0])
         compiled.add(choice)
@@ -313,7 +322,7 @@ class Sampler:
         width = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length")
         max_new = length_bucket(max(p.max_new_tokens for p in params))
         group = self._group_size((batch, width, max_new), organism_ids, batch)
-        order, _, slots = group_rows(organism_ids, batch, group or 1)
+        order, slots = group_rows(organism_ids, batch, group or 1)
         position = {row: p for p, row in enumerate(order) if row >= 0}
         placed = [position[row] for row in range(n)]
         tokens = np.full((batch, width), self.pad_id, np.int32)

@@ -10,7 +10,7 @@ from flax import nnx
 
 from ia_jax import lora, models
 from ia_jax.parallel.sharding import make_mesh
-from ia_jax.sampling.sampler import Sampler, SamplingParams, group_rows
+from ia_jax.sampling.sampler import Sampler, SamplingParams, group_rows, largest_group
 
 NEW = 10
 
@@ -97,18 +97,25 @@ def test_per_row_organism_and_ia_match_uncached_composition(adapted, unroll_laye
 
 
 def test_rows_of_one_organism_are_grouped_in_the_largest_groups_that_fit():
-    assert group_rows([5, 3, 5, 3], 4) == ([0, 2, 1, 3], 2, [5, 3])
-    assert group_rows([5, 3, 5, 3], 8) == ([0, 2, -1, -1, 1, 3, -1, -1], 4, [5, 3])
-    assert group_rows([7, 7, 7], 4) == ([0, 1, 2, -1], 4, [7])
-    assert group_rows([7, -1, 7, 7, 7], 8) == ([0, 2, 3, 4, 1, -1, -1, -1], 4, [7, -1])
-    assert group_rows([1, 1, 1, 2], 4) == ([0, 1, 2, 3], 1, [1, 1, 1, 2])  # 1 + 1 groups of 2 or more do not fit
-    assert group_rows([1, 2], 3) == ([0, 1, -1], 1, [1, 2, -1])  # a batch bucket that is not a power of two
-    assert group_rows([], 2) == ([-1, -1], 2, [-1])
-    assert group_rows([5, 3, 5, 3], 4, group=1) == ([0, 2, 1, 3], 1, [5, 5, 3, 3])
-    with pytest.raises(ValueError, match="3 rows do not fit a batch of 2"):
-        group_rows([0, 0, 0], 2)
-    with pytest.raises(ValueError, match=r"rows of organisms \[1, 1, 1, 2\] do not fit a batch of 4 in groups of 2"):
-        group_rows([1, 1, 1, 2], 4, group=2)
+    def best(ids, batch):
+        group = largest_group(ids, batch)
+        return (*group_rows(ids, batch, group), group)
+
+    assert best([5, 3, 5, 3], 4) == ([0, 2, 1, 3], [5, 3], 2)
+    assert best([5, 3, 5, 3], 8) == ([0, 2, -1, -1, 1, 3, -1, -1], [5, 3], 4)
+    assert best([7, 7, 7], 4) == ([0, 1, 2, -1], [7], 4)
+    assert best([7, -1, 7, 7, 7], 8) == ([0, 2, 3, 4, 1, -1, -1, -1], [7, -1], 4)
+    assert best([1, 1, 1, 2], 4) == ([0, 1, 2, 3], [1, 1, 1, 2], 1)  # 1 + 1 groups of 2 or more do not fit
+    assert best([1, 2], 3) == ([0, 1, -1], [1, 2, -1], 1)  # a batch bucket that is not a power of two
+    assert best([], 2) == ([-1, -1], [-1], 2)
+    assert group_rows([5, 3, 5, 3], 4, 1) == ([0, 2, 1, 3], [5, 5, 3, 3])
+    for call in (largest_group, lambda ids, batch: group_rows(ids, batch, 1)):
+        with pytest.raises(ValueError, match="3 rows do not fit a batch of 2"):
+            call([0, 0, 0], 2)
+    for group in (2, 0):
+        with pytest.raises(ValueError,
+                           match=rf"rows of organisms \[1, 1, 1, 2\] do not fit a batch of 4 in groups of {group}"):
+            group_rows([1, 1, 1, 2], 4, group)
 
 
 def test_a_chunk_reuses_a_compiled_group_size_that_fits_rather_than_compile_its_best(adapted):
