@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ia_jax.argmax import argmax
 from ia_jax.lora.adapter import LoraAdapter
 from ia_jax.models.decoder import CausalLM
 from ia_jax.models.kv_cache import init_cache
@@ -180,7 +181,7 @@ def _generate(model, base_layers, prompt_bt, prompt_mask_bt, organism_ids_b, gro
         return jax.vmap(jax.random.categorical)(step_keys_b, filtered_bv).astype(jnp.int32)
 
     def choose(logits_bv, step):
-        greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        greedy_b = argmax(logits_bv)
         # Greedy batches (every evaluation answer) never pay for sampling.
         sampled_b = jax.lax.cond(sampling, sample, lambda logits, step: greedy_b, logits_bv, step)
         return jnp.where(temperature_b > 0, sampled_b, greedy_b)

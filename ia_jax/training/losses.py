@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ia_jax.argmax import argmax
+
 
 def token_log_probs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
     """log p(target) per position, in float32 whatever the logits dtype.
@@ -62,7 +64,7 @@ def at_positions(tokens_bt, positions_bl):
 def target_sums(logits_blv, targets_bl, weights_bl):
     """(weighted NLL sum, weight sum, {'token_accuracy': weighted argmax hits}) over scored positions."""
     nll = -token_log_probs(logits_blv, targets_bl) * weights_bl
-    correct = (jnp.argmax(logits_blv, axis=-1) == targets_bl).astype(jnp.float32) * weights_bl
+    correct = (argmax(logits_blv) == targets_bl).astype(jnp.float32) * weights_bl
     return jnp.sum(nll), jnp.sum(weights_bl), {"token_accuracy": jnp.sum(correct)}
 
 
