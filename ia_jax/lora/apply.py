@@ -189,5 +189,36 @@ def _shared_delta(pairs, out_letters):
 
 
 def _per_example_delta(pairs, out_letters):
+    del out_letters  # the output axes are flattened for the product and restored after it
     low_btr, b = _concat(pairs, 1)
-    return jnp.einsum(f"btr,br{out_letters}->bt{out_letters}", low_btr, b)
+    delta_bto = _rows_delta(low_btr, b.reshape(*b.shape[:2], -1))
+    return delta_bto.reshape(*delta_bto.shape[:2], *b.shape[2:])
+
+
+@jax.custom_vjp
+def _rows_delta(low_btr, b_bro):
+    """`low @ b` per row, with `b`'s gradient written `btr,bto->bro`.
+
+    Autodiff's transpose of the product led XLA:CPU to copy the output gradient to `[b, out, t]` and
+    run the `b` gradient dot in that layout, about 7x slower than this one (`[8, 256, 2048]`: 7.8
+    against 1.2 ms): in the organism step, about 150 ms of copies and dots. As in
+    `_rows_and_shared_delta`, only what the backward pass reads is kept.
+    """
+    return jnp.einsum("btr,bro->bto", low_btr, b_bro)
+
+
+def _rows_fwd(low_btr, b_bro):
+    delta_bto = _rows_delta(low_btr.value, b_bro.value)
+    return delta_bto, (low_btr.value if b_bro.perturbed else None, b_bro.value if low_btr.perturbed else None)
+
+
+def _rows_bwd(residuals, d_bto):
+    low_btr, b_bro = residuals
+    if isinstance(d_bto, jax.custom_derivatives.SymbolicZero):
+        return None, None
+    d_low = None if b_bro is None else jnp.einsum("bto,bro->btr", d_bto, b_bro)
+    d_b = None if low_btr is None else jnp.einsum("btr,bto->bro", low_btr, d_bto)
+    return d_low, d_b
+
+
+_rows_delta.defvjp(_rows_fwd, _rows_bwd, symbolic_zeros=True)
