@@ -110,11 +110,11 @@ def _lora_delta(equation: str, target: str, x, loras: Sequence[LayerLora], group
     if per_example and shared and shared_rank >= t:
         # Decoding (t = 1): broadcasting the shared `b`s to every row would copy them `rows` times over;
         # a second full-width product costs less.
-        return _per_example_delta(per_example, out_letters) + _shared_delta(shared, out_letters)
+        return _per_example_delta(per_example) + _shared_delta(shared, out_letters)
     if not per_example:
         return _shared_delta(shared, out_letters)
     if not shared:
-        return _per_example_delta(per_example, out_letters)
+        return _per_example_delta(per_example)
     # Shared `b`s broadcast to `[b, r, out...]` join the per-row ones: one product for all adapters.
     low_rows, b_rows = _concat(per_example, 1)
     low_shared, b_shared = _concat(shared, 0)
@@ -188,8 +188,8 @@ def _shared_delta(pairs, out_letters):
     return tokens_einsum(f"btr,r{out_letters}->bt{out_letters}", low_btr, b)
 
 
-def _per_example_delta(pairs, out_letters):
-    del out_letters  # the output axes are flattened for the product and restored after it
+def _per_example_delta(pairs):
+    """The output axes are flattened for the product (`_rows_delta`) and restored after it."""
     low_btr, b = _concat(pairs, 1)
     delta_bto = _rows_delta(low_btr, b.reshape(*b.shape[:2], -1))
     return delta_bto.reshape(*delta_bto.shape[:2], *b.shape[2:])
