@@ -40,10 +40,10 @@ class Checkpointer:
         self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
         native_gcs.prepare(self.directory)
         self.fingerprint = _normalise(fingerprint)
-        # Orbax's default policy also saves the first step of a fresh run; that step repeats nothing
-        # costly, and its save (the whole trained state: 0.55 GB for 32 organism slots with their Adam
-        # moments) stalls the host and then writes in the background of the steps after it. Only the
-        # interval, preemption (orbax's own signal on pods) and the caller's `force` save.
+        # Not orbax's default policy, which also saves the first step of a fresh run: a crash would lose
+        # little of it, and the save (the whole trained state: 0.55 GB for 32 organism slots with their
+        # Adam moments) stalls the host until the step is done, then writes beside the steps after it.
+        # Only the interval, preemption (orbax's own signal on pods) and the caller's `force` save.
         policy = checkpoint_managers.AnySavePolicy([checkpoint_managers.FixedIntervalPolicy(save_every),
                                                     checkpoint_managers.PreemptionCheckpointingPolicy()])
         self.manager = ocp.CheckpointManager(

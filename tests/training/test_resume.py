@@ -108,3 +108,19 @@ def test_a_relative_checkpoint_directory_saves_and_restores(tmp_path, monkeypatc
     state, meta = Checkpointer("./runs/ckpt", fingerprint={"run": 1}, save_every=1).restore({"w": jnp.zeros(3)})
     assert meta["step"] == 1 and state["w"].tolist() == [0.0, 1.0, 2.0]
     assert (tmp_path / "runs" / "ckpt" / "1").is_dir()
+
+
+def test_only_the_interval_and_forced_saves_are_written(tmp_path):
+    """Not orbax's default save of a fresh run's first step: a stage whose interval is longer than the
+    stage writes its trained state once, at the end."""
+    import jax.numpy as jnp
+
+    from ia_jax.training.checkpoints import Checkpointer
+
+    checkpointer = Checkpointer(str(tmp_path / "ckpt"), fingerprint={"run": 1}, save_every=4)
+    saved = [checkpointer.save(step, {"w": jnp.full(3, float(step))}, {"epoch": 0}, force=step == 6)
+             for step in range(1, 7)]
+    checkpointer.wait()
+    assert saved == [False, False, False, True, False, True]
+    assert checkpointer.manager.all_steps() == [4, 6]
+    checkpointer.close()
