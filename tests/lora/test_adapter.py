@@ -11,6 +11,9 @@ from ia_jax.lora import apply
 CONFIG = models.ModelConfig(model_type="qwen3", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
                             num_heads=4, num_kv_heads=2, head_dim=12, qk_norm=True)
 TOKENS = np.random.RandomState(0).randint(0, 61, (5, 11)).astype(np.int32)
+# Composed adapters against adapters merged into the weights: the merged kernels round differently, which
+# has reached 1.1e-5 on logits of about 0.1 (Intel Xeon VM); the wrong slot differs by more than 0.25.
+MERGED = dict(rtol=1e-5, atol=5e-5)
 
 
 @nnx.jit
@@ -54,7 +57,7 @@ def test_stacked_rows_equal_merged_slots_and_minus_one_is_the_base(setup):
     base = np.asarray(forward(model, TOKENS))
     for row, slot in enumerate(ids):
         expected = base[row] if slot < 0 else np.asarray(forward(lora.merge(model, organisms, int(slot)), TOKENS))[row]
-        np.testing.assert_allclose(composed[row], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(composed[row], expected, **MERGED)
     assert np.abs(composed[0] - base[0]).max() > 1e-2  # the adapter really does something
 
 
@@ -69,7 +72,7 @@ def test_stacked_then_shared_equals_both_merged(setup):
         else:
             merged = lora.merge(lora.merge(model, organisms, int(slot)), ia)
             expected = np.asarray(forward(merged, TOKENS))[row]
-        np.testing.assert_allclose(composed[row], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(composed[row], expected, **MERGED)
 
 
 @pytest.mark.parametrize("length", [1, 11])  # one token: the shared delta is its own product; 11: joined per row
@@ -88,7 +91,7 @@ def test_per_row_gather_and_one_slot_switch_equal_the_merged_adapters(setup, len
     for row, (slot, on) in enumerate(zip(ids, ia_on)):
         merged = model if slot < 0 else lora.merge(model, organisms, int(slot))
         merged = merged if on < 0 else lora.merge(merged, ia)
-        np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], **MERGED)
 
 
 @pytest.mark.parametrize("length", [1, 11])
@@ -107,7 +110,7 @@ def test_groups_of_rows_sharing_an_organism_equal_the_merged_adapters(setup, len
         slot = (2, -1, 0, 2)[row // 3]
         merged = model if slot < 0 else lora.merge(model, organisms, slot)
         merged = merged if on < 0 else lora.merge(merged, ia)
-        np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(composed[row], np.asarray(forward(merged, tokens))[row], **MERGED)
     with pytest.raises(ValueError, match=r"adapters\[0\]: an adapter of 4 groups of 3 rows applied to a batch of 6"):
         model(tokens[:6], adapters=[(groups, row_ids[:6])])
     with pytest.raises(ValueError, match="per_group needs a stacked adapter addressed by slot ids"):
