@@ -35,6 +35,9 @@ def _normalise(fingerprint: dict) -> dict:
 class Checkpointer:
     def __init__(self, directory: str, *, fingerprint: dict, save_every: int, keep: int = 3):
         # A workdir mirrored from gs:// keeps its checkpoints on gs:// (every host of a pod writes there).
+        if not isinstance(save_every, int) or save_every < 1:
+            raise ValueError(f"{directory}: save_every={save_every!r} (a recipe's checkpoint_every): need an "
+                             "integer >= 1 (a number of steps; larger than the stage saves only its last step)")
         directory = workdir.remote_path(directory)
         # orbax refuses relative paths; a local workdir given as "./runs/toy" must still work.
         self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)

@@ -36,6 +36,9 @@ class Recipe:
 
     def __post_init__(self):
         check_remat(self.remat, f"{type(self).__name__}.remat")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ValueError(f"{type(self).__name__}.checkpoint_every={self.checkpoint_every!r}: need an integer "
+                             ">= 1 (steps between checkpoints; larger than the stage saves only its last step)")
 
 
 def plan_run(examples: Sequence[dict], recipe: Recipe) -> tuple[Batcher, int, optax.GradientTransformation,

@@ -124,3 +124,15 @@ def test_only_the_interval_and_forced_saves_are_written(tmp_path):
     assert saved == [False, False, False, True, False, True]
     assert checkpointer.manager.all_steps() == [4, 6]
     checkpointer.close()
+
+
+def test_a_checkpoint_interval_below_one_is_refused_by_name(tmp_path):
+
+    from ia_jax.training.checkpoints import Checkpointer
+    from ia_jax.training.recipe import Recipe
+
+    with pytest.raises(ValueError, match=r"ckpt: save_every=0 \(a recipe's checkpoint_every\): need an integer >= 1"):
+        Checkpointer(str(tmp_path / "ckpt"), fingerprint={}, save_every=0)
+    assert not (tmp_path / "ckpt").exists()  # refused before anything is created
+    with pytest.raises(ValueError, match=r"Recipe.checkpoint_every=0: need an integer >= 1"):
+        Recipe(checkpoint_every=0)
