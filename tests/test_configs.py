@@ -6,7 +6,7 @@ import os
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from ia_jax import hf_run, main, models
 from ia_jax.toy import run as toy_run
@@ -28,16 +28,25 @@ def load(name, *overrides):
 
 def test_every_config_file_is_covered():
     shipped = {f[:-3] for f in os.listdir(os.path.join(_ROOT, "configs")) if f.endswith(".py") and f != "__init__.py"}
-    assert shipped == set(HF_CONFIGS) | {"toy", "smoke", "bench", "bench_smoke"}
+    assert shipped == set(HF_CONFIGS) | {"toy", "smoke", "bench", "bench_smoke", "bench_1b"}
 
 
-@pytest.mark.parametrize("name", ["bench", "bench_smoke"])
+@pytest.mark.parametrize("name", ["bench", "bench_smoke", "bench_1b"])
 def test_bench_configs_build_the_model_and_take_overrides(name):
     """The benchmark's configs (`python -m ia_jax.bench --config=configs/NAME.py`)."""
     config = load(name, "--config.organism_jobs.sequential_jobs=1", "--config.workloads=('decode',)")
     assert config.organism_jobs.sequential_jobs == 1 and tuple(config.workloads) == ("decode",)
     model = models.ModelConfig(**config.model)
     assert config.answer_tokens < config.seq_len <= model.max_position_embeddings
+
+
+def test_the_accelerator_bench_is_a_1b_model_in_bfloat16():
+    """The issue's accelerator target is LoRA SFT MFU on a 1B-class config in bfloat16: Llama 3.2 1B
+    has 1,235,814,400 parameters."""
+    config = load("bench_1b")
+    assert hf_run.parameter_counts(ConfigDict(config.model), 16)[0] == 1_235_814_400
+    assert config.model.dtype == config.model.param_dtype == "bfloat16"
+    assert "ia_sft" in config.workloads and "organisms" not in config.workloads
 
 
 @pytest.mark.parametrize("name", ["toy", "smoke"])

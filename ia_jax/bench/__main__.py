@@ -3,7 +3,7 @@ sampler are on this device, and how that compares with transformers + peft on th
 
 Workloads (after compiling and warming up; medians over `repeats`):
 - `ia_sft`: one IA SFT train step over frozen stacked organisms; tokens/s and MFU (model FLOPs from
-  `flops.py` over the peak of a large matmul timed in this run).
+  `flops.py` over this device's peak: the faster of a large matmul in JAX and in torch, timed in this run).
 - `dpo`: one IA DPO step (chosen and rejected in one forward, reference scores given).
 - `organisms`: K organisms trained in one job versus K single-organism jobs, each job a fresh process
   (`organism_job.py`) timed from start-up to saved adapters.
@@ -31,7 +31,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from ia_jax.bench import flops, report, torch_reference, workloads
-from ia_jax.models.config import ModelConfig, to_hf_dict
+from ia_jax.models.config import ModelConfig
 from ia_jax.models.hf_checkpoint import save_hf
 from ia_jax.training import train_step as ts
 
@@ -84,7 +84,7 @@ def ia_sft(c, model, base, peak) -> dict:
     plain = {k: batch[k][0] for k in ("tokens", "attention_mask", "loss_mask")}
     return _step_workload(c, model, base, peak, ts.sft_objective, batch, c.batch_size, lambda: (
         torch_reference.ia_sft_step_call(
-            to_hf_dict(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
+            workloads.reference_config(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
             ia_lora=_torch_lora(c.ia_lora), learning_rate=c.learning_rate, seed=c.seed)))
 
 
@@ -95,7 +95,7 @@ def dpo(c, model, base, peak) -> dict:
     plain = {k: batch[k][0] for k in batch if not k.endswith("positions") and k != "organism_ids"}
     return _step_workload(c, model, base, peak, ts.dpo_objective(c.dpo_beta), batch, 2 * c.batch_size, lambda: (
         torch_reference.dpo_step_call(
-            to_hf_dict(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
+            workloads.reference_config(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
             ia_lora=_torch_lora(c.ia_lora), beta=c.dpo_beta, learning_rate=c.learning_rate, seed=c.seed)))
 
 
@@ -141,7 +141,8 @@ def organisms(c, model, base, peak) -> dict:
                 {k: b[k][0] for k in ("tokens", "attention_mask", "loss_mask")}
                 for b in [workloads.one_batch(examples[s:s + c.batch_size], c.batch_size, jobs.seq_len)
                           for s in range(0, len(examples), c.batch_size)]]})
-        reference = torch_reference.organism_jobs_seconds(to_hf_dict(model), batches, lora=_torch_lora(c.organism_lora),
+        reference = torch_reference.organism_jobs_seconds(workloads.reference_config(model), batches,
+                                                          lora=_torch_lora(c.organism_lora),
                                                           batch_size=c.batch_size, learning_rate=c.learning_rate,
                                                           seed=c.seed)
         result["reference"] = {"sequential_in_one_process_seconds": reference["seconds"],
@@ -161,7 +162,7 @@ def decode(c, model, base, peak) -> dict:
         tokens = batch_size * c.decode.new_tokens
         entry = {"tokens": tokens}
         for side, (first, times) in _timed_sides(c, ours, lambda: torch_reference.decode_call(
-                to_hf_dict(model), **common, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
+                workloads.reference_config(model), **common, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
                 ia_lora=_torch_lora(c.ia_lora, dropout=0.0), seed=c.seed), floor=floor).items():
             entry[side] = {**_summary(first, times), "tokens_per_second": tokens / statistics.median(times)}
         if c.reference:
@@ -173,6 +174,22 @@ def decode(c, model, base, peak) -> dict:
 
 
 _RUNNERS = {"ia_sft": ia_sft, "dpo": dpo, "organisms": organisms, "decode": decode}
+
+
+def measure_peak(c, model: ModelConfig) -> dict:
+    """This device's peak FLOP/s in the model's compute dtype, which MFU (both sides') is measured against:
+    the faster of a large matmul in JAX and, with the reference on, in torch, timed in turns.
+
+    One framework's matmul alone can understate the device: on the Intel Xeon VM, XLA:CPU multiplies
+    bfloat16 at 230 GFLOP/s and torch (oneDNN on the AMX units) at 2010, so against XLA's peak the
+    reference's bfloat16 step read an MFU of 151%; in float32 the two were 280 and 330."""
+    size = c.peak_matmul_size
+    calls = {"jax": workloads.matmul_call(size, model.compute_dtype)}
+    if c.reference:
+        calls["torch"] = torch_reference.matmul_call(size, model.dtype)
+    timed = workloads.interleaved(calls, warmup=2, repeats=10)
+    by_framework = {name: 2.0 * size**3 / min(times) for name, (_, times) in timed.items()}
+    return {"flops": max(by_framework.values()), "by_framework": by_framework}
 
 
 def machine() -> dict:
@@ -197,8 +214,10 @@ def main(argv):
     base = workloads.base_model(model, c.seed)
     results = {"config": c.to_dict(), "machine": machine(),
                "params": sum(x.size for x in jax.tree.leaves(nnx.state(base))), "workloads": {}}
-    results["peak_flops"] = workloads.peak_matmul_flops(c.peak_matmul_size)
-    print(f"peak matmul ({c.peak_matmul_size}^3): {results['peak_flops'] / 1e9:.1f} GFLOP/s", flush=True)
+    measured = measure_peak(c, model)
+    results["peak_flops"], results["peak_flops_by_framework"] = measured["flops"], measured["by_framework"]
+    print(f"peak matmul ({c.peak_matmul_size}^3, {model.dtype}): {measured['flops'] / 1e9:.1f} GFLOP/s ("
+          + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in measured["by_framework"].items()) + ")", flush=True)
     for name in c.workloads:
         print(f"running {name} ...", flush=True)
         results["workloads"][name] = _RUNNERS[name](c, model, base, results["peak_flops"])

@@ -58,17 +58,35 @@ def _synced(call, device):
     return run
 
 
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def build_model(hf_config: dict, seed: int = 0):
-    """A random-init float32 transformers causal LM (CUDA when available, else CPU) from a config.json dict."""
+    """A random-init transformers causal LM (CUDA when available, else CPU) from a config.json dict, in
+    the dict's `dtype` (float32 if it names none): weights, activations and the peft adapters added to it
+    (peft gives them the dtype of the layer they wrap) all in it, as `from_pretrained(..., dtype=...)` runs."""
     torch, transformers, _ = _torch()
     model_type = hf_config["model_type"]
     if model_type not in _CONFIG_CLASSES:
         raise ValueError(f"model_type {model_type!r} is not one of {sorted(_CONFIG_CLASSES)}")
+    dtype = hf_config.get("dtype") or "float32"
+    if dtype not in _DTYPES:
+        raise ValueError(f"config dtype {dtype!r} is not one of {list(_DTYPES)}")
     fields = {k: v for k, v in hf_config.items() if k not in ("model_type", "dtype", "torch_dtype")}
     config = getattr(transformers, _CONFIG_CLASSES[model_type])(**fields)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                          dtype=getattr(torch, dtype))
     return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def matmul_call(size: int, dtype: str):
+    """A `size`-square matmul in `dtype` (a torch dtype name) on the reference's device, per call."""
+    torch = _torch()[0]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    generator = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator, device=device).to(getattr(torch, dtype)) for _ in range(2))
+    return _synced(lambda: a @ b, device)
 
 
 def _lora_config(lora: dict):

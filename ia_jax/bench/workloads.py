@@ -19,7 +19,7 @@ from flax import nnx
 from ia_jax import initializers
 from ia_jax.data.batching import Batcher
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
-from ia_jax.models.config import ModelConfig
+from ia_jax.models.config import ModelConfig, to_hf_dict
 from ia_jax.models.decoder import CausalLM
 from ia_jax.parallel.sharding import make_mesh
 from ia_jax.sampling.sampler import Sampler, SamplingParams
@@ -51,14 +51,19 @@ def interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, repeats:
     return {name: (firsts[name], times[name]) for name in names}
 
 
-def peak_matmul_flops(size: int, repeats: int = 10) -> float:
-    """FLOP/s of a `size`-square float32 matmul on the default device: the peak MFU is measured against."""
-    dtype = jnp.bfloat16 if jax.default_backend() in ("tpu", "gpu") else jnp.float32
+def matmul_call(size: int, dtype=jnp.float32) -> Callable[[], object]:
+    """A `size`-square matmul in `dtype` on the default device: with the reference's own
+    (`torch_reference.matmul_call`), what this device's peak is measured by (see `__main__.peak`)."""
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(lambda a, b: a @ b)
-    _, times = interleaved({"matmul": lambda: matmul(a, b)}, warmup=2, repeats=repeats)["matmul"]
-    return 2.0 * size**3 / min(times)
+    return lambda: matmul(a, b)
+
+
+def reference_config(model: ModelConfig) -> dict:
+    """The model's config.json for the reference, in the dtype ours computes in (the file names the one
+    weights are stored in, and transformers computes in its storage dtype)."""
+    return {**to_hf_dict(model), "dtype": model.dtype}
 
 
 def lora_config(fields) -> LoraConfig:

@@ -26,6 +26,8 @@ def test_every_workload_ran_on_both_sides(smoke):
     results, out, stdout = smoke
     assert set(results["workloads"]) == {"ia_sft", "dpo", "organisms", "decode"}
     assert results["peak_flops"] > 0 and results["machine"]["backend"] == "cpu"
+    assert set(results["peak_flops_by_framework"]) == {"jax", "torch"}
+    assert results["peak_flops"] == max(results["peak_flops_by_framework"].values())
     for name in ("ia_sft", "dpo"):
         r = results["workloads"][name]
         for side in ("ours", "reference"):
