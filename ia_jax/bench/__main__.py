@@ -181,8 +181,8 @@ def measure_peak(c, model: ModelConfig) -> dict:
     the faster of a large matmul in JAX and, with the reference on, in torch, timed in turns.
 
     One framework's matmul alone can understate the device: on the Intel Xeon VM, XLA:CPU multiplies
-    bfloat16 at 230 GFLOP/s and torch (oneDNN on the AMX units) at 2010, so against XLA's peak the
-    reference's bfloat16 step read an MFU of 151%; in float32 the two were 280 and 330."""
+    bfloat16 at about 230 GFLOP/s and torch (oneDNN on the AMX units) at 1870-2010, so against XLA's
+    peak the reference's bfloat16 step read an MFU of 151%; in float32 the two were 280 and 330."""
     size = c.peak_matmul_size
     calls = {"jax": workloads.matmul_call(size, model.compute_dtype)}
     if c.reference:

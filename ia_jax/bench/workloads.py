@@ -53,7 +53,7 @@ def interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, repeats:
 
 def matmul_call(size: int, dtype=jnp.float32) -> Callable[[], object]:
     """A `size`-square matmul in `dtype` on the default device: with the reference's own
-    (`torch_reference.matmul_call`), what this device's peak is measured by (see `__main__.peak`)."""
+    (`torch_reference.matmul_call`), what this device's peak is measured by (see `__main__.measure_peak`)."""
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(lambda a, b: a @ b)
