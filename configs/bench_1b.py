@@ -10,18 +10,13 @@ loss span; the organism jobs are left out, since 32 fresh processes would each p
 start-up. On a 2-core CPU one IA step of this takes minutes: it is meant for a GPU or TPU.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from ia_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("_ia_jax_bench_config", os.path.join(os.path.dirname(__file__),
-                                                                                        "bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_files.sibling_config(__file__, "bench.py")
     c.name = "bench_1b"
     c.model = dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16,
                    num_heads=32, num_kv_heads=8, head_dim=64, qk_norm=False, tie_word_embeddings=True,

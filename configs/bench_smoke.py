@@ -4,18 +4,13 @@ cannot rot; the numbers mean nothing at this size.
 `python -m ia_jax.bench --config=configs/bench_smoke.py --out=/tmp/bench.json`
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from ia_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("_ia_jax_bench_config", os.path.join(os.path.dirname(__file__),
-                                                                                        "bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_files.sibling_config(__file__, "bench.py")
     c.name = "bench_smoke"
     c.model.update(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                    head_dim=8)

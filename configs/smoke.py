@@ -9,23 +9,13 @@ measures held-out generalization.
 `python -m ia_jax.main --config=configs/smoke.py --workdir=./runs/smoke`
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _toy_config() -> ml_collections.ConfigDict:
-    # By path, not `from configs import toy`: absl loads config files by path, from any directory.
-    spec = importlib.util.spec_from_file_location("_ia_jax_toy_config", os.path.join(os.path.dirname(__file__),
-                                                                                      "toy.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from ia_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _toy_config()
+    c = config_files.sibling_config(__file__, "toy.py")
     c.name = "smoke"
     c.world.update(tasks_per_pool=32, pretrain_chats=2400, test_tasks=4)
     c.pretrain.update(epochs=2, warmup_steps=20)
