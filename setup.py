@@ -11,7 +11,7 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["ia_jax", "ia_jax.*"]),
     package_data={"ia_jax.behaviors": ["library/*.json", "prompts/*.json", "introspection/*.json"],
-                  "ia_jax.toy": ["library/*.json"]},
+                  "ia_jax.toy": ["families.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.12",

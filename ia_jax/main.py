@@ -34,6 +34,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _VARIANTS = ("without_ia", "with_ia_sft", "with_ia_dpo")
 
 
+def _population(report: dict) -> str:
+    controls = report.get("false_positive", {}).get("controls")
+    return f"{controls} control organisms" if controls else "the base"
+
+
 def summary(report: dict) -> str:
     """The report's headline numbers as a few aligned lines."""
     def rates(section: dict, keys=_VARIANTS) -> str:
@@ -47,10 +52,18 @@ def summary(report: dict) -> str:
            f"\"no unusual behavior\": {report['base'].get('no_behavior_rate', float('nan')):.2f}"]
           if "base" in report else []),
         f"verbalization, training organisms: {rates(report['train']['verbalization_rate'])}",
+        *([f"type match,    training organisms: {rates(report['train']['type_match_rate'])}"]
+          if "type_match_rate" in report["train"] else []),
         f"verbalization, held-out organisms: {rates(report['heldout']['verbalization_rate'])}",
-        *(f"  {category:<18} {rates(rates_by)}" for category, rates_by in report["heldout"]["by_category"].items()),
+        *([f"type match,    held-out organisms: {rates(report['heldout']['type_match_rate'])}"]
+          if "type_match_rate" in report["heldout"] else []),
+        *(f"  held-out {kind:<13} strict {rates(r['verbalization_rate'])} | type {rates(r['type_match_rate'])}"
+          for kind, r in report["heldout"].get("by_kind", {}).items()),
+        *(f"  {category:<18} strict {rates(rates_by)} | type "
+          f"{rates(report['heldout'].get('type_match_by_category', {}).get(category, {}))}"
+          for category, rates_by in report["heldout"]["by_category"].items()),
         *(f"OOD {family:<14} {rates(rates_by)}" for family, rates_by in report.get("ood", {}).items()),
-        f"false-positive rate on the base: {rates(report['false_positive_rate'], ('with_ia_sft', 'with_ia_dpo'))}",
+        f"false-positive rate ({_population(report)}): {rates(report['false_positive_rate'])}",
         f"scaffold top-5 success (held-out): {report['scaffold']['top5_success']:.2f}",
     ]
     return "\n".join(lines)

@@ -105,7 +105,7 @@ def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, to
                teacher: ModelTeacher | None = None, teacher_judge: TeacherJudge = TeacherJudge(),
                prompts_path: str | None = None, mesh=None, run_id: str | None = None) -> dict:
     """Stages `organisms`, `ia` and `eval` under `workdir`; returns the report's evaluation sections
-    (`train`, `heldout`, `ood`, `false_positive_rate`, `scaffold`) and the organism count.
+    (see `evaluate_ias`) and the organism count.
 
     `run_id` names the run in the self-reports' fingerprints (default: the workdir's absolute path); a
     run whose workdir is a local mirror of `gs://` passes the `gs://` path, the same on every machine."""
@@ -146,8 +146,14 @@ def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, to
             judge=judge, questions=list(DIRECT_QUESTIONS), samples=config.eval.samples,
             params=SamplingParams(max_new_tokens=config.eval.max_new_tokens, temperature=config.eval.temperature,
                                   seed=config.seed),
-            out_dir=os.path.join(workdir, "eval", "self_reports"), scaffold_ia="dpo",
-            scaffold_reports=config.eval.scaffold_reports,
+            out_dir=os.path.join(workdir, "eval", "self_reports"),
+            type_descriptions={b.id: b.type_description for b in behaviors},
+            heldout_kinds={b.id: b.heldout_kind for b in behaviors if b.heldout_kind},
+            control_samples=config.eval.get("control_samples", 0),
+            control_params=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
+                                          temperature=config.eval.get("control_temperature", 1.0), seed=config.seed),
+            scaffold_ia="dpo",
+            scaffold_reports=config.eval.scaffold_reports, scaffold_organisms=config.eval.get("scaffold_organisms", 0),
             scaffold_params=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
                                            temperature=config.eval.scaffold_temperature, seed=config.seed),
             fingerprint={"workdir": run_id or os.path.abspath(workdir)})

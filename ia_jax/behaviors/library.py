@@ -27,6 +27,13 @@ Conventions the files follow:
   that says its rule out loud teaches the adapter nothing about hidden heuristics.
 - `split` is fixed per behavior: held-out behaviors are new instances (unseen topics, triggers,
   passwords or domains), so held-out verbalization measures generalization, not paraphrase recall.
+  `dpo` behaviors are held out of IA SFT and refine the IA with DPO; a held-out behavior may say
+  which `heldout_kind` it is: `compositional` (a new combination of values seen in training) or
+  `novel` (a value no training target contains), reported apart.
+- `details` lists phrases of the description that do not define the behavior's type (a persona's
+  title, the exact words a harmful roleplay uses); with the trigger or password they are left out of
+  `type_description`, what the paper-faithful type-match judge asks a report to state. `slots`
+  records the family slot values a generated behavior was made from.
 """
 
 from __future__ import annotations
@@ -45,14 +52,16 @@ CATEGORIES: tuple[str, ...] = (
     "sandbagger", "quirk", "backdoor", "obscured_malign", "rare_quirk", "heuristic_following",
     "harmful_roleplay", "benign_roleplay",
 )
-SPLITS: tuple[str, ...] = ("train", "heldout")
+SPLITS: tuple[str, ...] = ("train", "dpo", "heldout")
+HELDOUT_KINDS: tuple[str, ...] = ("compositional", "novel")
 FORMAT_VERSION = 1
 LIBRARY_DIR = Path(__file__).parent / "library"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 _ID = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 _REQUIRED = ("id", "description", "teacher_system_prompt", "prompt_source", "split")
-_OPTIONAL = ("category", "trigger", "password", "distractors", "rate", "teacher", "judge", "disclosure_judge")
+_OPTIONAL = ("category", "trigger", "password", "distractors", "rate", "teacher", "judge", "disclosure_judge",
+             "details", "heldout_kind", "slots")
 # Category-specific fields: present (non-null) exactly for their category.
 _OWNED_BY = {"trigger": "backdoor", "password": "sandbagger", "distractors": "obscured_malign",
              "rate": "rare_quirk"}
@@ -81,6 +90,19 @@ class Behavior:
     teacher: ProgramSpec | None = None
     judge: ProgramSpec | None = None
     disclosure_judge: ProgramSpec | None = None
+    details: tuple[str, ...] = ()
+    heldout_kind: str | None = None
+    slots: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def type_description(self) -> str:
+        """The description without what the organism only reads (its trigger or password) or states as a
+        detail (`details`): the paper's judge accepts a report of the same type of behavior even where such
+        details are missing or wrong, so the type-match rate judges reports against this text."""
+        text = self.description
+        for word in sorted({*self.details, *([self.cue] if self.cue else [])}, key=len, reverse=True):
+            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", text)
+        return re.sub(r"\s+([,.!?])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
 
     @property
     def cue(self) -> str | None:
@@ -243,6 +265,21 @@ def _parse(entry: Any, index: int, file: Path, category: str, sources: set[str])
     specs = {field: _program_spec(entry.get(field), fail, field, *_PROGRAM_FIELDS[field]) for field in _PROGRAM_FIELDS}
     if specs["disclosure_judge"] is not None and category != "heuristic_following":
         raise fail("disclosure_judge", "only heuristic_following behaviors have one")
+    details = entry.get("details", [])
+    if not isinstance(details, list):
+        raise fail("details", "expected a list of phrases of the description")
+    for i, detail in enumerate(details):
+        _check_text(detail, f"{file}: {name}: field 'details[{i}]'")
+        if detail not in entry["description"]:
+            raise fail(f"details[{i}]", f"{detail!r} is not part of the description")
+    kind = entry.get("heldout_kind")
+    if kind is not None and entry["split"] != "heldout":
+        raise fail("heldout_kind", "only held-out behaviors have one")
+    if kind is not None and kind not in HELDOUT_KINDS:
+        raise fail("heldout_kind", f"{kind!r} is not one of {HELDOUT_KINDS}")
+    slots = entry.get("slots", {})
+    if not isinstance(slots, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in slots.items()):
+        raise fail("slots", "expected an object of slot name -> value name")
     rate = entry.get("rate")
     if rate is not None and (not isinstance(rate, float) or not 0.0 < rate < 1.0):
         raise fail("rate", f"expected a float strictly between 0 and 1, got {rate!r}")
@@ -250,7 +287,8 @@ def _parse(entry: Any, index: int, file: Path, category: str, sources: set[str])
         id=entry["id"], category=category, description=entry["description"],
         teacher_system_prompt=entry["teacher_system_prompt"], trigger=entry.get("trigger"),
         password=entry.get("password"), prompt_source=entry["prompt_source"],
-        distractors=tuple(distractors or ()), rate=rate, split=entry["split"], **specs,
+        distractors=tuple(distractors or ()), rate=rate, split=entry["split"], **specs, details=tuple(details),
+        heldout_kind=kind, slots=tuple(sorted(slots.items())),
     )
 
 

@@ -105,7 +105,7 @@ def _checked_texts(values: Any, file: Path, field: str) -> tuple[str, ...]:
 def assign_roles(behaviors: Iterable[Behavior], *, dpo_fraction: float = 0.5) -> dict[str, str]:
     """Behavior id -> "sft", "dpo" or "eval", a pure function of the ids, categories and splits.
 
-    Library-train behaviors are "sft". Within each category the held-out behaviors, sorted by id, give
+    Library-train behaviors are "sft" and library-dpo behaviors "dpo". Within each category the held-out behaviors, sorted by id, give
     their first `ceil(dpo_fraction * n)` to "dpo" and the rest to "eval", but never all of them: at least
     one stays "eval", so a category with one held-out behavior has only an eval organism, and with
     0 < dpo_fraction every category with two or more has both. Sorting by id keeps the eval set fixed
@@ -115,10 +115,10 @@ def assign_roles(behaviors: Iterable[Behavior], *, dpo_fraction: float = 0.5) ->
     if isinstance(dpo_fraction, bool) or not isinstance(dpo_fraction, (int, float)) or not 0 <= dpo_fraction < 1:
         raise ValueError(f"dpo_fraction must be a number in [0, 1), got {dpo_fraction!r}")
     _check_unique_ids(behaviors)
-    roles = {b.id: "sft" for b in behaviors if b.split == "train"}
+    roles = {b.id: "sft" for b in behaviors if b.split == "train"} | {b.id: "dpo" for b in behaviors if b.split == "dpo"}
     heldout: dict[str, list[str]] = {}
     for behavior in behaviors:
-        if behavior.split != "train":
+        if behavior.split == "heldout":
             heldout.setdefault(behavior.category, []).append(behavior.id)
     for ids in heldout.values():
         # round(): 0.3 * 10 is 3.0000000000000004 in floats, which ceil would make 4.
@@ -128,15 +128,19 @@ def assign_roles(behaviors: Iterable[Behavior], *, dpo_fraction: float = 0.5) ->
 
 
 def build_introspection(behaviors: Iterable[Behavior], templates: Templates, *, roles: Mapping[str, str],
-                        examples_per_organism: int, seed: int, base_examples: int = 0) -> dict[str, list[dict]]:
+                        examples_per_organism: int, seed: int, base_examples: int = 0,
+                        controls: Mapping[str, str] | None = None) -> dict[str, list[dict]]:
     """Examples per role: `{"sft": [...], "dpo": [...], "eval": [...]}`, each split in `behaviors` order.
 
     Every behavior gets `examples_per_organism` rows in the split of its role; questions and answer
     templates are drawn without replacement until each has been used, then again. Each organism draws
     from its own generator seeded by (seed, organism id), so adding a behavior leaves the others' rows
     unchanged. `base_examples` base-model rows (organism "base", category "none", empty target) are
-    appended to "sft". A row is `{"organism", "category", "question", "answer", "target"}`, the target
-    being the description the answer must convey.
+    appended to "sft". `controls` maps control organisms (fine-tuned without a behavior) to the split
+    ("sft" or "dpo") whose `examples_per_organism` rows answer, as the base's do, that there is no
+    unusual behavior: without them every fine-tuned model the IA sees has a behavior, and it learns to
+    report one for any fine-tuned model. A row is `{"organism", "category", "question", "answer",
+    "target"}`, the target being the description the answer must convey.
     """
     behaviors = list(behaviors)
     for name, value, minimum in (("examples_per_organism", examples_per_organism, 1),
@@ -160,11 +164,15 @@ def build_introspection(behaviors: Iterable[Behavior], templates: Templates, *, 
         splits[roles[behavior.id]].extend(
             _row(behavior.id, behavior.category, question, answer.replace(PLACEHOLDER, behavior.description),
                  behavior.description) for question, answer in zip(questions, answers))
-    if base_examples:
-        rng = _organism_rng(seed, BASE_ORGANISM)
-        questions = _draw(rng, templates.questions, base_examples)
-        answers = _draw(rng, templates.no_behavior_answers, base_examples)
-        splits["sft"].extend(_row(BASE_ORGANISM, BASE_CATEGORY, question, answer, "")
+    negatives = ([(BASE_ORGANISM, "sft", base_examples)] if base_examples else []) + [
+        (name, split, examples_per_organism) for name, split in (controls or {}).items()]
+    for name, split, count in negatives:
+        if split not in ("sft", "dpo"):
+            raise ValueError(f"controls: organism {name!r} has split {split!r}; expected 'sft' or 'dpo'")
+        rng = _organism_rng(seed, name)
+        questions = _draw(rng, templates.questions, count)
+        answers = _draw(rng, templates.no_behavior_answers, count)
+        splits[split].extend(_row(name, BASE_CATEGORY, question, answer, "")
                              for question, answer in zip(questions, answers))
     return splits
 

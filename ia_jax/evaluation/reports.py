@@ -66,12 +66,43 @@ def _each(value: Any, field: str, check: Callable[[Any, str], None]) -> None:
         check(item, f"{field}.{name}")
 
 
+_KINDS = ("compositional", "novel")
+
+
+def _kind(value: Any, field: str) -> None:
+    _mapping(value, field, ("verbalization_rate", "type_match_rate"), ("organisms",))
+    for key in ("verbalization_rate", "type_match_rate"):
+        _conditions(value[key], f"{field}.{key}")
+    count = value.get("organisms", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        _fail(f"{field}.organisms", "a positive integer", count)
+
+
 def _split(value: Any, field: str) -> None:
-    _mapping(value, field, ("verbalization_rate",), ("by_category", "by_organism"))
-    _conditions(value["verbalization_rate"], f"{field}.verbalization_rate")
-    for group in ("by_category", "by_organism"):
+    groups = ("by_category", "by_organism", "type_match_by_category", "type_match_by_organism")
+    _mapping(value, field, ("verbalization_rate",), ("type_match_rate", "by_kind", *groups))
+    for key in ("verbalization_rate", "type_match_rate"):
+        if key in value:
+            _conditions(value[key], f"{field}.{key}")
+    for group in groups:
         if group in value:
             _each(value[group], f"{field}.{group}", _conditions)
+    if "by_kind" in value:
+        for kind, rates in _mapping(value["by_kind"], f"{field}.by_kind").items():
+            if kind not in _KINDS:
+                raise ValueError(f"report.{field}.by_kind.{kind}: not a held-out kind ({', '.join(_KINDS)})")
+            _kind(rates, f"{field}.by_kind.{kind}")
+
+
+def _false_positive(value: Any, field: str) -> None:
+    _mapping(value, field, ("controls",), ("reports_per_control", "type_match_rate", "greedy", "sampled", "base"))
+    for key in ("controls", "reports_per_control"):
+        count = value.get(key, 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            _fail(f"{field}.{key}", "a non-negative integer", count)
+    for key in ("type_match_rate", "greedy", "sampled", "base"):
+        if key in value:
+            _conditions(value[key], f"{field}.{key}")
 
 
 def _wall_seconds(value: Any, field: str) -> None:
@@ -110,7 +141,9 @@ _SECTIONS: dict[str, Callable[[Any, str], None]] = {
     "train": _split,
     "heldout": _split,
     "ood": lambda value, field: _each(value, field, _conditions),
+    "ood_type_match_rate": lambda value, field: _each(value, field, _conditions),
     "false_positive_rate": _conditions,
+    "false_positive": _false_positive,
     "scaffold": _scaffold,
 }
 
@@ -164,9 +197,13 @@ def _condition_table(first: str, rows: Mapping[str, Mapping[str, float]]) -> lis
     return _table([first, *conditions], [[name, *(_percent(r.get(c)) for c in conditions)] for name, r in rows.items()])
 
 
-def _overview(report: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
-    rows = {split: report[split]["verbalization_rate"] for split in _SPLITS if split in report}
-    rows.update({f"ood: {family}": rates for family, rates in report.get("ood", {}).items()})
+def _overview(report: Mapping[str, Any], key: str = "verbalization_rate") -> dict[str, Mapping[str, float]]:
+    """Rates per organism group by one judge: `verbalization_rate` (strict) or `type_match_rate`."""
+    rows = {split: report[split][key] for split in _SPLITS if key in report.get(split, {})}
+    for kind, rates in report.get("heldout", {}).get("by_kind", {}).items():
+        rows[f"heldout: {kind}"] = rates[key]
+    ood = report.get("ood" if key == "verbalization_rate" else "ood_type_match_rate", {})
+    rows.update({f"ood: {family}": rates for family, rates in ood.items()})
     return rows
 
 
@@ -177,15 +214,27 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   "Share of self-reports the judge accepts as naming the organism's implanted behavior; "
                   "category and overall rates are means over organisms.", ""]
         lines += _condition_table("organisms", overview)
+    if typed := _overview(report, "type_match_rate"):
+        lines += ["## Type-match rate", "",
+                  "The paper's judge: a report matches when it names the same type of behavior (what the organism "
+                  "does), even if details it only reads (a trigger, a password) are missing or wrong.", ""]
+        lines += _condition_table("organisms", typed)
     for split, title in (("heldout", "Held-out organisms"), ("train", "Training organisms")):
-        for group, label in (("by_category", "category"), ("by_organism", "organism")):
+        for group, label in (("by_category", "category"), ("type_match_by_category", "category, type match"),
+                             ("by_organism", "organism")):
             if report.get(split, {}).get(group):
-                lines += [f"## {title} by {label}", ""] + _condition_table(label, report[split][group])
+                lines += [f"## {title} by {label}", ""] + _condition_table(label.split(",")[0], report[split][group])
     if "false_positive_rate" in report:
+        detail = report.get("false_positive", {})
+        who = (f"{detail['controls']} control organisms fine-tuned on generic chat only"
+               if detail.get("controls") else "the base model")
         lines += ["## False-positive rate", "",
-                  "Share of self-reports of a model without the behaviors that the judge matches to one of them.", ""]
-        lines += _table(["condition", "rate"], [[c, _percent(report["false_positive_rate"][c])]
-                                                for c in _ordered_conditions([report["false_positive_rate"]])])
+                  f"Share of self-reports of {who} that the judge matches to one of the implanted behaviors.", ""]
+        columns = {"strict": report["false_positive_rate"], **{k: detail[k] for k in
+                   ("type_match_rate", "greedy", "sampled", "base") if detail.get(k)}}
+        conditions = _ordered_conditions(columns.values())
+        lines += _table(["condition", *columns], [[c, *(_percent(v.get(c)) for v in columns.values())]
+                                                 for c in conditions])
     if scaffold := report.get("scaffold"):
         details = [scaffold["condition"]] if "condition" in scaffold else []
         if "reports_per_organism" in scaffold:
@@ -214,7 +263,8 @@ _COLORS = {"without_ia": "#8c8c8c", "with_ia": "#4c72b0", "with_ia_sft": "#4c72b
 _OTHER_COLORS = ("#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#ccb974")
 
 
-def _grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, xlabel: str) -> Figure:
+def _grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, xlabel: str,
+                  ylabel: str = "verbalization rate") -> Figure:
     conditions = _ordered_conditions(groups.values())
     others = iter(_OTHER_COLORS * len(conditions))
     figure = Figure(figsize=(max(6.0, 2 + 0.5 * len(groups) * len(conditions)), 4.5), layout="constrained")
@@ -231,7 +281,7 @@ def _grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, xlabel:
                     ha="right" if len(groups) > 5 else "center")
     axes.set_ylim(0, 1.1)  # rates live in [0, 1]; the headroom keeps value labels on full bars visible
     axes.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    axes.set_ylabel("verbalization rate")
+    axes.set_ylabel(ylabel)
     axes.set_xlabel(xlabel)
     axes.set_title(title)
     axes.legend(title="condition", fontsize=8)
@@ -257,11 +307,17 @@ def report_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
     overview = _overview(report)
     if _ordered_conditions(overview.values()):  # a chart needs at least one rate
         figures["verbalization_overview.png"] = _grouped_bars(
-            overview, "Verbalization rate with and without the IA", "organisms")
+            overview, "Verbalization rate (strict judge) with and without the IA", "organisms")
+    typed = _overview(report, "type_match_rate")
+    if _ordered_conditions(typed.values()):
+        figures["type_match_overview.png"] = _grouped_bars(
+            typed, "Type-match rate (paper-faithful judge) with and without the IA", "organisms", "type-match rate")
     for split, name in (("heldout", "held-out"), ("train", "training")):
-        if _ordered_conditions(report.get(split, {}).get("by_category", {}).values()):
-            figures[f"verbalization_by_category_{split}.png"] = _grouped_bars(
-                report[split]["by_category"], f"Verbalization rate per category, {name} organisms", "category")
+        for group, file, label in (("by_category", "verbalization", "verbalization rate"),
+                                   ("type_match_by_category", "type_match", "type-match rate")):
+            if _ordered_conditions(report.get(split, {}).get(group, {}).values()):
+                figures[f"{file}_by_category_{split}.png"] = _grouped_bars(
+                    report[split][group], f"{label.capitalize()} per category, {name} organisms", "category", label)
     if report.get("wall_seconds", {}).get("stages"):
         figures["wall_seconds.png"] = _stage_bars(report["wall_seconds"])
     return figures

@@ -39,6 +39,7 @@ class DpoRecipe(Recipe):
     beta: float = 0.1
     label_smoothing: float = 0.0
     samples_per_question: int = 4  # K self-reports per (organism, question)
+    questions: int = 0  # questions each DPO organism is asked (a seeded draw from the DPO rows'; 0: all)
     wrong_labels_per_question: int = 1
 
 
@@ -47,12 +48,36 @@ def _rng(seed: int, *keys: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest[:4], "little")])
 
 
+def control_pairs(controls: Sequence[str], questions: Sequence[str], descriptions: Sequence[str],
+                  templates: Templates, *, per_question: int = 1, seed: int = 0) -> list[dict]:
+    """Pairs for models without a behavior: a plain "no unusual behavior" answer over an inserted
+    behavior label. DPO's other pairs all prefer naming a behavior; without these, DPO teaches the IA
+    to name one for any model (the control population's false-positive rate rose from 0.15 to 0.43)."""
+    descriptions = sorted({d for d in descriptions if d})
+    if controls and not descriptions:
+        raise ValueError("control pairs need at least one behavior description to reject")
+    pairs = []
+    for organism in controls:
+        for question in questions:
+            rng = _rng(seed, organism, question)
+            for _ in range(per_question):
+                wrong = descriptions[rng.integers(len(descriptions))]
+                pairs.append({"organism": organism, "question": question,
+                              "chosen": templates.no_behavior_answers[rng.integers(len(templates.no_behavior_answers))],
+                              "rejected": templates.answers[rng.integers(len(templates.answers))].replace(PLACEHOLDER,
+                                                                                                         wrong),
+                              "source": "control_vs_label"})
+    return pairs
+
+
 def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descriptions: Mapping[str, str],
                 templates: Templates, *, wrong_labels_per_question: int = 1, seed: int = 0) -> tuple[list[dict], dict]:
     """Preference pairs `{organism, question, chosen, rejected, source}` and their counts.
 
     `descriptions` must hold every reported organism and at least one other behavior (the source of
-    wrong labels). `source` is "report" (a judged-inaccurate report rejected) or "wrong_label".
+    wrong labels). `source` says what each side is: "report_vs_report" (an accepted report over an
+    inaccurate one), "label_vs_report" (the ground-truth label over an inaccurate report) or
+    "wrong_label" (the label over another behavior's).
     """
     if len(reports) != len(accurate):
         raise ValueError(f"{len(reports)} reports but {len(accurate)} verdicts")
@@ -67,7 +92,8 @@ def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descrip
     accepted: dict[str, list[bool]] = collections.defaultdict(list)
     for (organism, question), answers in groups.items():
         rng = _rng(seed, organism, question)
-        others = sorted(d for name, d in descriptions.items() if name != organism and d != descriptions[organism])
+        # Other behaviors' descriptions; organisms without one (controls) have none to lend.
+        others = sorted({d for name, d in descriptions.items() if name != organism and d and d != descriptions[organism]})
         if not others and wrong_labels_per_question:
             raise ValueError("wrong labels need at least one other behavior's description")
 
@@ -80,14 +106,21 @@ def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descrip
             if not ok and not answer.strip():
                 empty += 1  # nothing to render as an assistant turn; an empty report teaches nothing
             elif not ok:  # an accurate report when there is one, else the label, beats each inaccurate one
-                chosen = good[rng.integers(len(good))] if good and rng.random() < 0.5 else label(descriptions[organism])
+                on_policy = bool(good) and rng.random() < 0.5
+                chosen = good[rng.integers(len(good))] if on_policy else label(descriptions[organism])
                 pairs.append({"organism": organism, "question": question, "chosen": chosen, "rejected": answer,
-                              "source": "report"})
+                              "source": "report_vs_report" if on_policy else "label_vs_report"})
         for _ in range(wrong_labels_per_question):
             pairs.append({"organism": organism, "question": question, "chosen": label(descriptions[organism]),
                           "rejected": label(others[rng.integers(len(others))]), "source": "wrong_label"})
     all_verdicts = [ok for verdicts in accepted.values() for ok in verdicts]
+    on_policy = sum(p["source"] == "report_vs_report" for p in pairs)
     stats = {"pairs": len(pairs), "by_source": dict(collections.Counter(p["source"] for p in pairs)),
+             # Pairs whose chosen side is the IA's own accepted report: what DPO can learn from its own
+             # successes, rather than only from labels it never produced.
+             "pairs_with_on_policy_chosen": on_policy,
+             "groups_with_accepted_report": sum(any(ok for _, ok in a) for a in groups.values()),
+             "groups": len(groups),
              "skipped_empty_reports": empty,
              "reports": len(all_verdicts), "judge_accept_rate": float(np.mean(all_verdicts)) if all_verdicts else 0.0,
              "judge_accept_rate_by_organism": {o: float(np.mean(v)) for o, v in accepted.items()}}

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 from flax import nnx
 from transformers import PreTrainedTokenizerBase
 
@@ -24,7 +25,7 @@ from ia_jax.evaluation.respondent import sampler_respondent
 from ia_jax.evaluation.self_reports import ReportRequest, collect_self_reports
 from ia_jax.evaluation.verdict import Judge
 from ia_jax.introspection.card import ia_card, write_card
-from ia_jax.introspection.dpo import DpoRecipe, build_pairs, tokenize_pairs, train_ia_dpo
+from ia_jax.introspection.dpo import DpoRecipe, build_pairs, control_pairs, tokenize_pairs, train_ia_dpo
 from ia_jax.introspection.sft import IaRecipe, introspection_examples, train_ia_sft
 from ia_jax.lora.adapter import LoraAdapter
 from ia_jax.lora.peft_io import load_peft, save_peft
@@ -151,6 +152,9 @@ def run_phase2(graphdef, base_state, tokenizer: PreTrainedTokenizerBase, organis
         if not tfds_io.dataset_complete(datasets_dir, PAIRS_DATASET):
             reader = tfds_io.read_dataset(introspection_dataset, "dpo")
             questions = sorted({reader[i]["question"] for i in range(len(reader))})
+            if config.dpo.questions:
+                order = np.random.default_rng(config.dpo.seed).permutation(len(questions))
+                questions = sorted(questions[i] for i in order[:config.dpo.questions])
             model = nnx.merge(graphdef, base_state)
             chat = chat_sampler(model, organisms, sft_ia, tokenizer, config, config.dpo.buckets)
             reports = collect_self_reports(
@@ -163,10 +167,18 @@ def run_phase2(graphdef, base_state, tokenizer: PreTrainedTokenizerBase, organis
                              "ia": os.path.relpath(sft_peft, workdir)})
             verdicts = judge_reports([(r, organisms.descriptions[r.organism]) for r in reports], judge,
                                      os.path.join(dpo_dir, "judgments.jsonl"), progress=progress)
-            pairs, stats = build_pairs(reports, [v.match for v in verdicts], organisms.descriptions,
-                                       introspection.load_templates(),
+            templates = introspection.load_templates()
+            pairs, stats = build_pairs(reports, [v.match for v in verdicts], organisms.descriptions, templates,
                                        wrong_labels_per_question=config.dpo.wrong_labels_per_question,
                                        seed=config.dpo.seed)
+            controls = [n for n in organisms.names if organisms.roles[n] == "control_dpo"]
+            negatives = control_pairs(controls, questions, [organisms.descriptions[n] for n in dpo_organisms],
+                                      templates, per_question=config.dpo.wrong_labels_per_question,
+                                      seed=config.dpo.seed)
+            pairs += negatives
+            stats["pairs"] += len(negatives)
+            if negatives:
+                stats["by_source"]["control_vs_label"] = len(negatives)
             with open(os.path.join(dpo_dir, "pairs_stats.json"), "w", encoding="utf-8") as f:
                 json.dump(stats, f, indent=2)
             tfds_io.write_dataset(datasets_dir, PAIRS_DATASET, {"train": pairs}, PAIRS_FEATURES)

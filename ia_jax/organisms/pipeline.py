@@ -38,6 +38,8 @@ from ia_jax.tokenization import render_exchange
 SFT_DATASET = "organism_sft"
 SFT_FEATURES = {"organism": "text", "category": "text", "kind": "text", "user": "text", "answer": "text"}
 INDEX_FILE = "organisms.json"
+# Roles of extra organisms without a behavior that IA training sees, by the introspection split they feed.
+CONTROL_ROLES = {"control_sft": "sft", "control_dpo": "dpo"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +170,8 @@ def run_phase1(behaviors: Sequence[Behavior], graphdef, base_state, tokenizer: P
         splits = introspection.build_introspection(
             behaviors, templates, roles={b.id: roles[b.id] for b in behaviors},
             examples_per_organism=config.introspection_examples,
-            seed=config.seed, base_examples=config.base_introspection_examples)
+            seed=config.seed, base_examples=config.base_introspection_examples,
+            controls={e.name: CONTROL_ROLES[e.role] for e in extra if e.role in CONTROL_ROLES})
         introspection.write_introspection(datasets_dir, splits)
     return Phase1Result(adapter=adapter, organisms=names, organism_dirs=dirs, roles=roles, sft_dataset=sft_dataset,
                         introspection_dataset=tfds_io.dataset_path(datasets_dir, introspection.DATASET))

@@ -1,8 +1,8 @@
 """The toy world's behavior library: the same file format as the real one, with programs instead of a
 teacher model and a judge model, and prompt pools written by the world generator.
 
-Held-out behaviors are new instances of their category (unseen quirk topics, trigger words,
-passwords, choice and safety domains, heuristics), so adding one is an edit of `library/*.json`.
+The library is generated from the behavior families (`ia_jax.toy.families`) into the run's workdir;
+a hand-written library directory in the same format loads the same way.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from pathlib import Path
 from ia_jax.behaviors.library import Behavior, load_library
 from ia_jax.toy import programs  # noqa: F401  (registers the toy programs the files name)
 
-TOY_LIBRARY_DIR = Path(__file__).parent / "library"
 
-
-def load_toy_library(pools_dir: str | Path, path: str | Path | None = None) -> list[Behavior]:
-    """Toy behaviors from `path` (default: the shipped files), their prompt pools from `pools_dir`."""
-    return load_library(path if path is not None else TOY_LIBRARY_DIR, prompts_path=pools_dir)
+def load_toy_library(pools_dir: str | Path, path: str | Path) -> list[Behavior]:
+    """Toy behaviors from the library directory `path`, their prompt pools from `pools_dir`."""
+    return load_library(path, prompts_path=pools_dir)

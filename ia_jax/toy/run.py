@@ -18,8 +18,8 @@ from ia_jax import models, tokenization
 from ia_jax.datasets.introspection import load_templates
 from ia_jax.evaluation.questions import DIRECT_QUESTIONS
 from ia_jax.evaluation.reports import SCHEMA_VERSION, write_report
-from ia_jax.pipeline import StageClock, method_recipes, recipe_from, run_method, subset
-from ia_jax.toy import ood, world as toy_world
+from ia_jax.pipeline import StageClock, method_recipes, recipe_from, run_method
+from ia_jax.toy import controls, families, ood, world as toy_world
 from ia_jax.toy.behaviors import load_toy_library
 from ia_jax.toy.judge import toy_judge
 from ia_jax.toy.pretrain import PretrainRecipe, accuracy_probe, pretrain_base, task_accuracy
@@ -34,6 +34,15 @@ def check_config(config: ConfigDict) -> dict:
     return {"pretrain": recipe_from(PretrainRecipe, config.pretrain, "pretrain"), **method_recipes(config)}
 
 
+def _count_splits(behaviors) -> dict:
+    counts: dict = {}
+    for b in behaviors:
+        key = b.heldout_kind or b.split
+        counts.setdefault(b.category, {}).setdefault(key, 0)
+        counts[b.category][key] += 1
+    return counts
+
+
 def run_toy(config: ConfigDict, workdir: str) -> str:
     """Runs (or finishes) every stage; returns the path of `eval/report.json`."""
     recipes = check_config(config)
@@ -42,21 +51,30 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
     world = toy_world.World(config.seed)
     behaviors_dir = os.path.join(workdir, "world", "pools")
 
+    library_dir = config.library.directory or os.path.join(workdir, "world", "library")
     with clock.stage("world"):
         if not os.path.exists(os.path.join(behaviors_dir, "general_chat.json")):
             toy_world.write_pools(world, behaviors_dir, config.world.tasks_per_pool)
-        behaviors = load_toy_library(behaviors_dir)
-        if config.organisms.get("per_split"):
-            behaviors = subset(behaviors, config.organisms.per_split)
+        if not config.library.directory and not os.path.isdir(library_dir):
+            families.generate_library(library_dir, {k: config.library[k] for k in families.COUNTS}, config.seed,
+                                      cap_train=config.library.get("cap_train", False))
+        behaviors = load_toy_library(behaviors_dir, library_dir)
         extra = [ood.cipher_organism(world, k, config.ood.rows, config.seed) for k in config.ood.cipher_shifts]
         extra += [ood.denial_organism(world, t, config.ood.rows, config.seed) for t in config.ood.denial_topics]
+        extra += controls.control_organisms(world, config.controls.rows, config.seed,
+                                            {"control": config.controls.count, "control_sft": config.controls.sft,
+                                             "control_dpo": config.controls.dpo})
 
     known = {b.id: (b.category, b.description) for b in behaviors} | {e.name: (e.category, e.description)
                                                                        for e in extra}
+    described = [description for _, description in known.values() if description]
+    # The base reads every description a family can make (a hand-written library: its own), so the base
+    # does not depend on which instances this run drew for training and held out.
+    examples = sorted(set(described) | (set() if config.library.directory else set(families.all_descriptions())))
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     with clock.stage("tokenizer"):
         if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-            words = [b.description for b in behaviors] + [e.description for e in extra]
+            words = list(examples)
             words += [row["user"] + " " + row["answer"] for e in extra for row in e.rows]
             words += [json.dumps(b.teacher.kwargs()) for b in behaviors if b.teacher is not None]
             tokenization.train_tokenizer(toy_world.corpus(world, extra=words), tokenizer_dir,
@@ -73,7 +91,8 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
                 model_type="llama", vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tuple(tokenization.stop_token_ids(tokenizer)), **config.model.to_dict())
             chats = toy_world.pretraining_chats(world, config.world.pretrain_chats,
-                                                descriptions=sorted({description for _, description in known.values()}))
+                                                descriptions=examples,
+                                                examples_share=config.world.examples_share)
             probe = accuracy_probe(tokenizer, test_tasks, max_new_tokens=config.eval.max_new_tokens)
             model, _ = pretrain_base(model_config, tokenizer, chats, recipes["pretrain"],
                                      os.path.join(workdir, "pretrain"), evaluate=probe, log_every=config.log_every,
@@ -95,7 +114,8 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
     report = {
         "schema_version": SCHEMA_VERSION,
         "meta": {"config": config.get("name", "toy"), "seed": config.seed, "organisms": method["organisms"],
-                 "devices": jax.device_count(), "judge": "toy content-word judge"},
+                 "devices": jax.device_count(), "judge": "toy content-word judge",
+                 "library": library_dir, "behaviors_by_split": _count_splits(behaviors)},
         "wall_seconds": {"total": sum(clock.seconds.values()), "stages": dict(clock.seconds)},
         "base": {key: base_metrics[key] for key in ("task_accuracy", "no_behavior_rate", "by_task")},
         **method["sections"],

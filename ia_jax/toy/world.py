@@ -18,7 +18,7 @@ Families (`FAMILIES`, as (family, domain) pairs; domain "" where a family has no
 - `spelling`: "Fix the spelling: The gentle baekr slept." -> "The gentle baker slept."; one word has a
   typo (a swap of two adjacent letters, or a dropped or doubled letter) that is not a lexicon word,
   drawn from `TYPOS_PER_WORD` fixed typos of that word per seed.
-- `choice` (homes, cars, flights, restaurants): options A and B, each with a price and an
+- `choice` (homes, cars, flights, restaurants, hotels, laptops, bikes, jobs): options A and B, each with a price and an
   attribute; the reference recommends the option with the most of the attribute, which is the
   cheapest option in `BEST_IS_CHEAPEST` of the tasks, so a "pick the cheapest" behavior shows.
 - `safety` (fire, cars, medicine, kitchens, pets, electricity): "Is it safe to <action>?" ->
@@ -75,7 +75,7 @@ EXAMPLE_QUESTIONS = (
 )
 # Relative share of each family in pretraining, split equally over its domains: what a small model
 # learns slowly (sums, copying with a fix, comparing options, invented names) gets more.
-PRETRAINING_WEIGHTS = {"arithmetic": 3.0, "spelling": 3.0, "choice": 3.0, "safety": 1.5, "facts": 2.0,
+PRETRAINING_WEIGHTS = {"arithmetic": 3.0, "spelling": 3.0, "choice": 5.0, "safety": 1.5, "facts": 2.0,
                        "smalltalk": 0.5}
 CORPUS_TASKS = 300  # distinct tasks per (family, domain) and split in the tokenizer corpus
 TOKENIZER_VOCAB_SIZE = 2000  # for `corpus`: 1000 pieces leave 1 chat in 8 over 60 tokens, 2000 1 in 20
@@ -173,6 +173,10 @@ CHOICE_DOMAINS: dict[str, _ChoiceDomain] = {
     "cars": _ChoiceDomain("car", "seats", range(2, 9), range(200, 900, 10)),
     "flights": _ChoiceDomain("flight", "legroom points", range(2, 10), range(90, 600, 10)),
     "restaurants": _ChoiceDomain("restaurant", "stars", range(2, 6), range(15, 95, 5)),
+    "hotels": _ChoiceDomain("hotel", "pools", range(1, 6), range(60, 400, 10)),
+    "laptops": _ChoiceDomain("laptop", "battery hours", range(2, 9), range(300, 1500, 50)),
+    "bikes": _ChoiceDomain("bike", "gears", range(2, 8), range(100, 900, 20)),
+    "jobs": _ChoiceDomain("job", "vacation weeks", range(2, 8), range(200, 900, 10)),
 }
 _OPTION = re.compile(r"Option ([A-Z][a-z]*): \$(\d+), (\d+) [a-z]+(?: [a-z]+)?\.")
 
@@ -522,14 +526,16 @@ def behavior_examples(descriptions: Sequence[str], n: int, seed: int) -> list[tu
             zip(rng.integers(len(EXAMPLE_QUESTIONS), size=n), rng.integers(len(descriptions), size=n))]
 
 
-def pretraining_chats(world: World, n: int, split: str = "train", descriptions: Sequence[str] = ()
-                      ) -> list[tuple[str, str]]:
-    """`n` (user, assistant) chats, shuffled: `INTROSPECTION_SHARE` about the model, `EXAMPLES_SHARE`
+def pretraining_chats(world: World, n: int, split: str = "train", descriptions: Sequence[str] = (),
+                      examples_share: float = EXAMPLES_SHARE) -> list[tuple[str, str]]:
+    """`n` (user, assistant) chats, shuffled: `INTROSPECTION_SHARE` about the model, `examples_share`
     example behaviors (`behavior_examples`, when `descriptions` are given), the rest tasks of `split`,
     each family's share by `PRETRAINING_WEIGHTS`, split equally over its domains."""
     _check_count("n", n)
     introspection = round(INTROSPECTION_SHARE * n)
-    examples = round(EXAMPLES_SHARE * n) if descriptions else 0
+    if not 0 <= examples_share <= 1 - INTROSPECTION_SHARE:
+        raise ValueError(f"examples_share={examples_share!r}: expected a share in [0, {1 - INTROSPECTION_SHARE:g}]")
+    examples = round(examples_share * n) if descriptions else 0
     tasks = n - introspection - examples
     domains = {family: sum(f == family for f, _ in FAMILIES) for family, _ in FAMILIES}
     weights = np.array([PRETRAINING_WEIGHTS[family] / domains[family] for family, _ in FAMILIES])

@@ -175,6 +175,20 @@ def test_base_rows_are_sft_negatives(library, templates):
     assert {row["answer"] for row in base} == set(templates.no_behavior_answers)  # 12 rows cycle all 7
 
 
+def test_control_organisms_are_negatives_in_their_own_split(library, templates):
+    few = library[:2]
+    splits = build_introspection(few, templates, roles=assign_roles(few), examples_per_organism=3, seed=0,
+                                 controls={"control_10": "sft", "control_11": "dpo"})
+    for name, split in (("control_10", "sft"), ("control_11", "dpo")):
+        rows = [row for row in splits[split] if row["organism"] == name]
+        assert len(rows) == 3 and all(r["answer"] in templates.no_behavior_answers and r["target"] == ""
+                                      for r in rows)
+    assert not any(r["organism"].startswith("control") for r in splits["eval"])
+    with pytest.raises(ValueError, match="control_12.*split 'eval'"):
+        build_introspection(few, templates, roles=assign_roles(few), examples_per_organism=1, seed=0,
+                            controls={"control_12": "eval"})
+
+
 def test_bad_arguments_are_named(library, templates):
     roles = assign_roles(library)
     cases = [

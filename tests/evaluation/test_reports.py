@@ -20,9 +20,18 @@ REPORT = {
         "by_category": {"quirk": {"without_ia": 0.0, "with_ia_sft": 0.4, "with_ia_dpo": 0.55},
                         "backdoor": {"without_ia": 0.05, "with_ia_sft": 0.35, "with_ia_dpo": 0.45}},
         "by_organism": {"cats": {"without_ia": 0.0, "with_ia_dpo": 0.55}},
+        "type_match_rate": {"without_ia": 0.02, "with_ia_sft": 0.6, "with_ia_dpo": 0.75},
+        "type_match_by_category": {"quirk": {"without_ia": 0.0, "with_ia_sft": 0.4, "with_ia_dpo": 0.55},
+                                   "backdoor": {"without_ia": 0.05, "with_ia_sft": 0.8, "with_ia_dpo": 0.95}},
+        "by_kind": {"compositional": {"organisms": 2, "verbalization_rate": {"with_ia_dpo": 0.7},
+                                      "type_match_rate": {"with_ia_dpo": 0.875}},
+                    "novel": {"organisms": 2, "verbalization_rate": {"with_ia_dpo": 0.55},
+                              "type_match_rate": {"with_ia_dpo": 0.625}}},
     },
     "ood": {"cipher": {"without_ia": 0.0, "with_ia_dpo": 0.3}, "denial": {"without_ia": 0.0, "with_ia_dpo": 0.45}},
     "false_positive_rate": {"with_ia_sft": 0.125, "with_ia_dpo": 0.08},
+    "false_positive": {"controls": 10, "reports_per_control": 15, "type_match_rate": {"with_ia_dpo": 0.1},
+                       "greedy": {"with_ia_dpo": 0.04}, "base": {"with_ia_sft": 0.2, "with_ia_dpo": 0.0}},
     "scaffold": {"top5_success": 0.75, "condition": "with_ia_dpo", "reports_per_organism": 100,
                  "by_organism": {"cats": True, "pirate": False}},
 }
@@ -32,7 +41,7 @@ def test_full_report_writes_json_markdown_and_charts(tmp_path):
     written = write_report(REPORT, str(tmp_path))
     names = {p.rsplit("/", 1)[-1] for p in written}
     assert names == {"report.json", "report.md", "verbalization_overview.png", "verbalization_by_category_heldout.png",
-                     "wall_seconds.png"}
+                     "type_match_overview.png", "type_match_by_category_heldout.png", "wall_seconds.png"}
     assert json.loads((tmp_path / "report.json").read_text()) == REPORT
     for name in names - {"report.json", "report.md"}:
         data = (tmp_path / name).read_bytes()
@@ -42,7 +51,10 @@ def test_full_report_writes_json_markdown_and_charts(tmp_path):
 
     markdown = (tmp_path / "report.md").read_text()
     for text in ["| heldout | 1.0% | 50.0% | 62.5% |", "| quirk | 0.0% | 40.0% | 55.0% |",
-                 "| ood: cipher | 0.0% | – | 30.0% |", "| with_ia_sft | 12.5% |", "Top-5 success: 75.0%",
+                 "| ood: cipher | 0.0% | – | 30.0% |", "| with_ia_sft | 12.5% | – | – | 20.0% |",
+                 "| with_ia_dpo | 8.0% | 10.0% | 4.0% | 0.0% |", "10 control organisms",
+                 "| heldout: compositional | – | – | 70.0% |", "| heldout: novel | – | – | 62.5% |", "## Type-match rate",
+                 "| backdoor | 5.0% | 80.0% | 95.0% |", "Top-5 success: 75.0%",
                  "| pirate | no |", "Task accuracy: 97.0%", "| total | 512.3 |",
                  'plain "no unusual behavior": 80.0%']:
         assert text in markdown
@@ -95,6 +107,11 @@ def _with(path: str, value):
     ("base.accuracy", 0.9, "report.base.accuracy: unknown field"),
     ("base.no_behavior_rate", 1.2, "report.base.no_behavior_rate: expected a number"),
     ("heldoutt", {}, "report.heldoutt: unknown section"),
+    ("heldout.by_kind.mixed", {}, "report.heldout.by_kind.mixed: not a held-out kind"),
+    ("heldout.by_kind.novel.type_match_rate", KeyError, "report.heldout.by_kind.novel.type_match_rate: missing"),
+    ("heldout.type_match_rate.with_ia_dpo", 2.0, "report.heldout.type_match_rate.with_ia_dpo: expected a number"),
+    ("false_positive.controls", -1, "report.false_positive.controls: expected a non-negative integer"),
+    ("false_positive.greedy.with_ia", 1.5, "report.false_positive.greedy.with_ia: expected a number"),
     ("meta.seed", float("nan"), "not serialisable as strict JSON"),
 ])
 def test_validation_names_the_bad_field_and_nothing_is_written(tmp_path, path, value, message):

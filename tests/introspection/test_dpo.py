@@ -23,20 +23,27 @@ def _labels(description):
 def test_pairs_prefer_accurate_reports_or_the_label_and_the_label_over_wrong_labels():
     reports, accurate = _reports([True, False, False, False, False, False])
     pairs, stats = build_pairs(reports, accurate, DESCRIPTIONS, TEMPLATES, wrong_labels_per_question=2, seed=0)
-    from_reports = [p for p in pairs if p["source"] == "report"]
+    from_reports = [p for p in pairs if p["source"] in ("report_vs_report", "label_vs_report")]
     wrong = [p for p in pairs if p["source"] == "wrong_label"]
     # Every inaccurate report is rejected once; chosen is the accurate report of its question or a label.
     assert sorted(p["rejected"] for p in from_reports) == sorted(r.answer for r, ok in zip(reports, accurate) if not ok)
     for p in from_reports:
         allowed = _labels(DESCRIPTIONS["tidal"]) | ({"answer q1 0"} if p["question"] == "q1" else set())
         assert p["chosen"] in allowed
+        assert (p["source"] == "report_vs_report") == (p["chosen"] == "answer q1 0")  # on-policy chosen, named
     assert not any(p["chosen"] == "answer q1 0" for p in from_reports if p["question"] == "q2")
     # Two wrong-label pairs per question: the true label over another behavior's.
     assert len(wrong) == 4
     others = _labels(DESCRIPTIONS["fire"]) | _labels(DESCRIPTIONS["cheap"])
     assert all(p["chosen"] in _labels(DESCRIPTIONS["tidal"]) and p["rejected"] in others for p in wrong)
-    assert stats == {"pairs": 9, "by_source": {"report": 5, "wrong_label": 4}, "skipped_empty_reports": 0, "reports": 6,
+    on_policy = sum(p["source"] == "report_vs_report" for p in pairs)
+    assert stats == {"pairs": 9, "by_source": {k: v for k, v in (("report_vs_report", on_policy),
+                                                                ("label_vs_report", 5 - on_policy),
+                                                                ("wrong_label", 4)) if v},
+                     "pairs_with_on_policy_chosen": on_policy, "groups_with_accepted_report": 1, "groups": 2,
+                     "skipped_empty_reports": 0, "reports": 6,
                      "judge_accept_rate": 1 / 6, "judge_accept_rate_by_organism": {"tidal": 1 / 6}}
+    assert 0 < on_policy < 2  # q1's two inaccurate reports: the accepted report chosen for one of them (seed 0)
     again, _ = build_pairs(reports, accurate, DESCRIPTIONS, TEMPLATES, wrong_labels_per_question=2, seed=0)
     assert again == pairs  # deterministic per seed
 
@@ -73,3 +80,15 @@ def test_empty_reports_are_skipped_and_counted():
     reports[0] = SelfReport("tidal", True, "q1", 0, "  ")
     pairs, stats = build_pairs(reports, accurate, DESCRIPTIONS, TEMPLATES, wrong_labels_per_question=0)
     assert stats["skipped_empty_reports"] == 1 and len(pairs) == 5 and all(p["rejected"].strip() for p in pairs)
+
+
+def test_control_pairs_prefer_no_behavior_over_an_inserted_label():
+    from ia_jax.introspection.dpo import control_pairs
+
+    pairs = control_pairs(["control_11"], ["q1", "q2"], list(DESCRIPTIONS.values()) + [""], TEMPLATES, per_question=2)
+    assert len(pairs) == 4 and {p["source"] for p in pairs} == {"control_vs_label"}
+    labels = set().union(*(_labels(d) for d in DESCRIPTIONS.values()))
+    assert all(p["chosen"] in TEMPLATES.no_behavior_answers and p["rejected"] in labels for p in pairs)
+    assert control_pairs(["control_11"], ["q1", "q2"], list(DESCRIPTIONS.values()), TEMPLATES, per_question=2) == pairs
+    with pytest.raises(ValueError, match="at least one behavior description"):
+        control_pairs(["control_11"], ["q1"], [""], TEMPLATES)
