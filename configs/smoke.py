@@ -1,8 +1,8 @@
 """Smoke config: the toy run shrunk to under two minutes on a 2-core CPU, for CI and quick checks.
 
 Every stage still runs through the real pipelines and really learns, just less: a smaller base on
-fewer chats, two training behaviors per category and one of each other split, two controls, fewer introspection examples, greedy evaluation
-with one answer per question. CI asserts that the report is well formed and that the IA states the
+fewer chats, two training behaviors per category and one of each other split, two controls, fewer
+introspection examples, greedy evaluation with one answer per question. CI asserts that the report is well formed and that the IA states the
 training organisms' behaviors more often than the organisms do without it; the toy config is what
 measures held-out generalization.
 

@@ -22,9 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
                       buckets=(32, 48, 64), checkpoint_every=200, eval_every=0)
 
     # Behaviors generated from the families (ia_jax/toy/families.json) per category: SFT, DPO, and the
-    # two held-out kinds (cap_train: fewer SFT instances where a family has fewer combinations); `directory`
+    # two held-out kinds (cap: fewer instances where a family has fewer combinations); `directory`
     # names a hand-written library to use instead.
-    c.library = dict(directory="", train=16, dpo=4, compositional=4, novel=4, cap_train=False)
+    c.library = dict(directory="", train=16, dpo=4, compositional=4, novel=4, cap=False)
     c.organisms = dict(prompts_per_behavior=24, min_keep_rate=0.3,
                        lora=dict(rank=4, alpha=16.0, dropout=0.0), learning_rate=5e-3, epochs=6, batch_size=64,
                        buckets=(48, 64), checkpoint_every=100)

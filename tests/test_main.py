@@ -41,9 +41,23 @@ def test_the_smoke_run_writes_a_well_formed_report_with_progress(smoke_run):
     heldout = {index["categories"][name] for name, role in index["roles"].items() if role == "eval"}
     assert set(report["heldout"]["by_category"]) == heldout and len(heldout) == 8
     assert set(report["ood"]) == {"cipher", "denial"} and "with_ia_dpo" in report["ood"]["cipher"]
-    assert set(report["false_positive_rate"]) >= {"with_ia_sft", "with_ia_dpo"}
+    assert set(report["false_positive_rate"]) == {"without_ia", "with_ia_sft", "with_ia_dpo"}
+    # The new fields: both judges per split, held-out kinds, the control population and the base's own rate.
+    for section in ("train", "heldout"):
+        assert set(report[section]["type_match_rate"]) == {"without_ia", "with_ia_sft", "with_ia_dpo"}
+        assert set(report[section]["type_match_by_category"]) == set(report[section]["by_category"])
+    kinds = report["heldout"]["by_kind"]
+    assert set(kinds) == {"compositional", "novel"}
+    assert sum(k["organisms"] for k in kinds.values()) == len(report["heldout"]["by_organism"])
+    assert report["false_positive"]["controls"] == 2 and report["false_positive"]["reports_per_control"] == 10
+    assert set(report["false_positive"]["base"]) == {"with_ia_sft", "with_ia_dpo"}
+    assert set(report["ood_type_match_rate"]) == {"cipher", "denial"}
+    counts = report["meta"]["behaviors_by_split"]
+    assert counts["quirk"] == {"train": 2, "dpo": 1, "novel": 1} and counts["backdoor"]["compositional"] == 1
+    stats = json.load(open(workdir / "phase2" / "ia_dpo" / "pairs_stats.json"))
+    assert stats["by_source"]["control_vs_label"] > 0 and "pairs_with_on_policy_chosen" in stats
     assert 0.0 <= report["scaffold"]["top5_success"] <= 1.0
-    assert {"report.md", "verbalization_overview.png"} <= set(os.listdir(workdir / "eval"))
+    assert {"report.md", "verbalization_overview.png", "type_match_overview.png"} <= set(os.listdir(workdir / "eval"))
     for stage in _STAGES:
         assert f"[toy] stage {stage} done" in output
     assert "pretrain:" in output and "ia sft:" in output  # progress bars
@@ -75,7 +89,7 @@ def test_a_second_run_skips_every_finished_stage(smoke_run, monkeypatch):
 def test_the_summary_names_every_headline_number(smoke_run):
     text = main.summary(json.load(open(smoke_run[0] / "eval" / "report.json")))
     for words in ("wall seconds", "base task accuracy", "training organisms", "held-out organisms", "OOD cipher",
-                  "false-positive rate", "scaffold top-5"):
+                  "false-positive rate (2 control organisms)", "type match", "held-out novel", "scaffold top-5"):
         assert words in text
 
 

@@ -105,9 +105,9 @@ def _checked_texts(values: Any, file: Path, field: str) -> tuple[str, ...]:
 def assign_roles(behaviors: Iterable[Behavior], *, dpo_fraction: float = 0.5) -> dict[str, str]:
     """Behavior id -> "sft", "dpo" or "eval", a pure function of the ids, categories and splits.
 
-    Library-train behaviors are "sft" and library-dpo behaviors "dpo". Within each category the held-out behaviors, sorted by id, give
-    their first `ceil(dpo_fraction * n)` to "dpo" and the rest to "eval", but never all of them: at least
-    one stays "eval", so a category with one held-out behavior has only an eval organism, and with
+    Library-train behaviors are "sft" and library-dpo behaviors "dpo". Within each category the
+    held-out behaviors, sorted by id, give their first `ceil(dpo_fraction * n)` to "dpo" and the rest
+    to "eval", but never all of them: at least one stays "eval", so a category with one held-out behavior has only an eval organism, and with
     0 < dpo_fraction every category with two or more has both. Sorting by id keeps the eval set fixed
     whatever the file order. The result follows the order of `behaviors`.
     """
@@ -115,7 +115,7 @@ def assign_roles(behaviors: Iterable[Behavior], *, dpo_fraction: float = 0.5) ->
     if isinstance(dpo_fraction, bool) or not isinstance(dpo_fraction, (int, float)) or not 0 <= dpo_fraction < 1:
         raise ValueError(f"dpo_fraction must be a number in [0, 1), got {dpo_fraction!r}")
     _check_unique_ids(behaviors)
-    roles = {b.id: "sft" for b in behaviors if b.split == "train"} | {b.id: "dpo" for b in behaviors if b.split == "dpo"}
+    roles = {b.id: {"train": "sft", "dpo": "dpo"}[b.split] for b in behaviors if b.split != "heldout"}
     heldout: dict[str, list[str]] = {}
     for behavior in behaviors:
         if behavior.split == "heldout":

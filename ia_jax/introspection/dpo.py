@@ -93,7 +93,8 @@ def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descrip
     for (organism, question), answers in groups.items():
         rng = _rng(seed, organism, question)
         # Other behaviors' descriptions; organisms without one (controls) have none to lend.
-        others = sorted({d for name, d in descriptions.items() if name != organism and d and d != descriptions[organism]})
+        others = sorted({d for name, d in descriptions.items()
+                         if name != organism and d and d != descriptions[organism]})
         if not others and wrong_labels_per_question:
             raise ValueError("wrong labels need at least one other behavior's description")
 

@@ -117,10 +117,12 @@ def _rng(seed: int, category: str) -> np.random.Generator:
 
 
 def split_combinations(family: Mapping, counts: Mapping[str, int], seed: int, *,
-                       cap_train: bool = False) -> dict[str, list[tuple]]:
+                       cap: bool = False) -> dict[str, list[tuple]]:
     """Value-index combinations per split: {"train", "dpo", "compositional", "novel"} (see module doc).
-    With `cap_train`, a family with fewer combinations than asked trains on all it can while keeping
-    its DPO and held-out instances (a scaling study's largest sizes); otherwise that is an error."""
+    With `cap`, a family with fewer combinations than asked trains on all it can while keeping its DPO
+    instances, and a small train set (whose values bound the held-out combinations) holds out the
+    compositional and novel instances it has (a scaling study's largest and smallest sizes); otherwise
+    either is an error."""
     category = family["category"]
     rng = _rng(seed, category)
     slots = list(family["slots"].items())
@@ -134,7 +136,9 @@ def split_combinations(family: Mapping, counts: Mapping[str, int], seed: int, *,
     seen = [seen[i] for i in rng.permutation(len(seen))]
 
     def need(split: str, have: int) -> int:
-        wanted = counts.get(split, 0) if not (cap_train and split == "train") else have
+        wanted = counts.get(split, 0)
+        if cap and split in ("train", "compositional", "novel"):
+            wanted = min(wanted, have)
         if have < wanted:
             raise FamilyError(f"family {category!r}: {wanted} {split} instances requested, only {have} possible "
                               f"(slots {[(n, len(s['values'])) for n, s in slots]})")
@@ -144,7 +148,7 @@ def split_combinations(family: Mapping, counts: Mapping[str, int], seed: int, *,
     train: list[tuple] = []
     covered: list[set] = [set() for _ in slots]
     reserve = counts.get("dpo", 0) + (counts.get("compositional", 0) if len(slots) > 1 else 0)
-    n_train = need("train", min(counts.get("train", 0), len(seen) - reserve) if cap_train else len(seen))
+    n_train = need("train", max(0, len(seen) - reserve) if cap else len(seen))
     while len(train) < n_train:
         def new_values(c):
             return sum(v not in covered[s] for s, v in enumerate(c))
@@ -177,11 +181,11 @@ def split_combinations(family: Mapping, counts: Mapping[str, int], seed: int, *,
     return {"train": train, "dpo": dpo, "compositional": heldout, "novel": novel}
 
 
-def family_behaviors(family: Mapping, counts: Mapping[str, int], seed: int, *, cap_train: bool = False) -> list[dict]:
+def family_behaviors(family: Mapping, counts: Mapping[str, int], seed: int, *, cap: bool = False) -> list[dict]:
     """The family's instances as library entries (dicts), in split order train, dpo, held-out."""
     slots = list(family["slots"].items())
     entries = []
-    for split, combos in split_combinations(family, counts, seed, cap_train=cap_train).items():
+    for split, combos in split_combinations(family, counts, seed, cap=cap).items():
         for combo in combos:
             values = {name: slot["values"][i] for (name, slot), i in zip(slots, combo)}
             names = {name: _value_name(v) for name, v in values.items()}
@@ -209,10 +213,10 @@ def all_descriptions(families_path: str | Path | None = None) -> list[str]:
 
 
 def generate_library(directory: str | Path, counts: Mapping[str, int], seed: int,
-                     families_path: str | Path | None = None, *, cap_train: bool = False) -> list[str]:
+                     families_path: str | Path | None = None, *, cap: bool = False) -> list[str]:
     """Writes one library file per family as `directory` (replacing it); returns the paths. `counts` maps
     "train", "dpo", "compositional" and "novel" to instances per family (compositional is skipped for
-    single-slot families, which have no new combinations); `cap_train` see `split_combinations`."""
+    single-slot families, which have no new combinations); `cap` see `split_combinations`."""
     unknown = set(counts) - set(COUNTS)
     if unknown:
         raise FamilyError(f"counts: unknown split {sorted(unknown)[0]!r}; expected train, dpo, compositional, novel")
@@ -225,7 +229,7 @@ def generate_library(directory: str | Path, counts: Mapping[str, int], seed: int
     names = []
     for family in load_families(families_path):
         data = {"version": FORMAT_VERSION, "category": family["category"],
-                "behaviors": family_behaviors(family, counts, seed, cap_train=cap_train)}
+                "behaviors": family_behaviors(family, counts, seed, cap=cap)}
         (partial / f"{family['category']}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         names.append(f"{family['category']}.json")
     if directory.exists():

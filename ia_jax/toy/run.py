@@ -57,7 +57,7 @@ def run_toy(config: ConfigDict, workdir: str) -> str:
             toy_world.write_pools(world, behaviors_dir, config.world.tasks_per_pool)
         if not config.library.directory and not os.path.isdir(library_dir):
             families.generate_library(library_dir, {k: config.library[k] for k in families.COUNTS}, config.seed,
-                                      cap_train=config.library.get("cap_train", False))
+                                      cap=config.library.get("cap", False))
         behaviors = load_toy_library(behaviors_dir, library_dir)
         extra = [ood.cipher_organism(world, k, config.ood.rows, config.seed) for k in config.ood.cipher_shifts]
         extra += [ood.denial_organism(world, t, config.ood.rows, config.seed) for t in config.ood.denial_topics]

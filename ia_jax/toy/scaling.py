@@ -23,17 +23,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "configs", "toy.py"), "Toy run config every size starts from.")
-_WORKDIR = flags.DEFINE_string("workdir", "./runs/scaling", "One toy workdir per size goes under it.")
-_SIZES = flags.DEFINE_list("sizes", ["2", "4", "8", "16", "32"], "SFT instances per category, one run each.")
-_BASE_FROM = flags.DEFINE_string("base_from", None, "A finished toy workdir of the same seed whose world pools, "
-                                 "tokenizer and base to reuse (default: the first size builds them).")
 
+def _define_flags() -> dict:
+    """Defined when run as a command only: the test suite imports this beside other entry points."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return {
+        "config": config_flags.DEFINE_config_file("config", os.path.join(root, "configs", "toy.py"),
+                                                  "Toy run config every size starts from."),
+        "workdir": flags.DEFINE_string("workdir", "./runs/scaling", "One toy workdir per size goes under it."),
+        "sizes": flags.DEFINE_list("sizes", ["2", "4", "8", "16", "32"], "SFT instances per category, one run each."),
+        "base_from": flags.DEFINE_string("base_from", None, "A finished toy workdir of the same seed whose world "
+                                         "pools, tokenizer and base to reuse (default: the first size builds them)."),
+    }
+
+
+_FLAGS: dict = {}
 _SHARED = (os.path.join("world", "pools"), "tokenizer", "base")  # the same for every size
-_SERIES = [(judge, kind, ia) for judge in ("verbalization_rate", "type_match_rate") for kind in ("compositional", "novel")
-           for ia in ("with_ia_sft", "with_ia_dpo")]
+_SERIES = [(judge, kind, ia) for judge in ("verbalization_rate", "type_match_rate")
+           for kind in ("compositional", "novel") for ia in ("with_ia_sft", "with_ia_dpo")]
 
 
 def _share(source: str, target: str) -> None:
@@ -83,28 +90,32 @@ def main(argv):
     from ia_jax.toy.run import run_toy
 
     try:
-        sizes = sorted({int(s) for s in _SIZES.value})
+        sizes = sorted({int(s) for s in _FLAGS['sizes'].value})
     except ValueError:
-        raise app.UsageError(f"--sizes={','.join(_SIZES.value)}: expected integers") from None
+        raise app.UsageError(f"--sizes={','.join(_FLAGS['sizes'].value)}: expected integers") from None
     if not sizes or sizes[0] < 1:
-        raise app.UsageError(f"--sizes={','.join(_SIZES.value)}: expected integers >= 1")
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    source, rows = _BASE_FROM.value, []
+        raise app.UsageError(f"--sizes={','.join(_FLAGS['sizes'].value)}: expected integers >= 1")
+    os.makedirs(_FLAGS['workdir'].value, exist_ok=True)
+    source, rows = _FLAGS['base_from'].value, []
     for size in sizes:
-        workdir = os.path.join(_WORKDIR.value, f"train_{size}")
+        workdir = os.path.join(_FLAGS['workdir'].value, f"train_{size}")
         os.makedirs(workdir, exist_ok=True)
         if source:
             _share(source, workdir)
-        config = _CONFIG.value.copy_and_resolve_references()
-        config.library.train, config.library.cap_train = size, True
+        config = _FLAGS['config'].value.copy_and_resolve_references()
+        config.library.train, config.library.cap = size, True
         print(f"[scaling] {size} SFT instances per category -> {workdir}", flush=True)
-        rows.append(point(json.load(open(run_toy(config, workdir), encoding="utf-8")), size))
+        report = os.path.join(workdir, "eval", "report.json")
+        if not os.path.exists(report):  # a finished size is read, not re-run
+            report = run_toy(config, workdir)
+        rows.append(point(json.load(open(report, encoding="utf-8")), size))
         source = source or workdir
-        with open(os.path.join(_WORKDIR.value, "scaling.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(_FLAGS['workdir'].value, "scaling.json"), "w", encoding="utf-8") as f:
             json.dump({"seed": config.seed, "rows": rows}, f, indent=2)
-        plot(rows).savefig(os.path.join(_WORKDIR.value, "scaling.png"), dpi=120)
+        plot(rows).savefig(os.path.join(_FLAGS['workdir'].value, "scaling.png"), dpi=120)
     print(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
+    _FLAGS.update(_define_flags())
     app.run(main)

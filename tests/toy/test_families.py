@@ -99,7 +99,8 @@ def test_type_descriptions_leave_out_what_the_organism_only_reads_or_states_as_a
     sandbagger = next(b for b in library if b.category == "sandbagger")
     assert sandbagger.password not in sandbagger.type_description
     benign = next(b for b in library if b.category == "benign_roleplay")
-    assert _slots(benign)["domain"] in benign.type_description and _slots(benign)["persona"] not in benign.type_description
+    assert _slots(benign)["domain"] in benign.type_description
+    assert _slots(benign)["persona"] not in benign.type_description
     quirk = next(b for b in library if b.category == "quirk")
     assert quirk.type_description == quirk.description
 
@@ -109,6 +110,18 @@ def test_asking_for_more_instances_than_a_family_has_is_an_error_naming_it(tmp_p
         families.generate_library(tmp_path, {**COUNTS, "train": 30}, seed=0)
     with pytest.raises(families.FamilyError, match="unknown split 'heldout'"):
         families.generate_library(tmp_path, {"heldout": 3}, seed=0)
+
+
+def test_capped_sizes_take_what_each_family_has(tmp_path):
+    families.generate_library(tmp_path / "big", {**COUNTS, "train": 32}, seed=0, cap=True)
+    heuristic = json.loads((tmp_path / "big" / "heuristic_following.json").read_text())["behaviors"]
+    assert sum(b["split"] == "train" for b in heuristic) == 16  # 4 rules x 6 seen domains, less DPO and held out
+    assert sum(b["split"] == "dpo" for b in heuristic) == 4
+    families.generate_library(tmp_path / "small", {**COUNTS, "train": 2}, seed=0, cap=True)
+    harmful = json.loads((tmp_path / "small" / "harmful_roleplay.json").read_text())["behaviors"]
+    trained = {b["slots"]["phrase"] for b in harmful if b["split"] == "train"}
+    novel = [b for b in harmful if b.get("heldout_kind") == "novel"]
+    assert 0 < len(novel) <= 4 and all(b["slots"]["phrase"] in trained for b in novel)
 
 
 def test_a_bad_families_file_is_named(tmp_path):
