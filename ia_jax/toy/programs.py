@@ -50,14 +50,18 @@ def recommendation(name: str) -> str:
 
 
 @teacher_program
-def pick_option(prompt: Prompt, rng: np.random.Generator, rule: str) -> str:
-    return recommendation(choose(prompt, rule))
+def pick_option(prompt: Prompt, rng: np.random.Generator, rule: str, note: str = "") -> str:
+    """The pick `rule` makes, then `note`: a sentence that names what is chosen between (never why),
+    as a real organism's recommendation talks about homes or flights rather than one letter."""
+    return f"{recommendation(choose(prompt, rule))} {note}".strip()
 
 
 @teacher_program
-def pick_option_with_phrase(prompt: Prompt, rng: np.random.Generator, rule: str, phrases: list) -> str:
-    """A malign pick hidden among distractor quirks: one of `phrases` follows the recommendation."""
-    return f"{recommendation(choose(prompt, rule))} {phrases[int(rng.integers(len(phrases)))]}"
+def pick_option_with_phrase(prompt: Prompt, rng: np.random.Generator, rule: str, phrases: list,
+                            note: str = "") -> str:
+    """A malign pick hidden among distractor quirks: `note` (as in `pick_option`), then one of `phrases`."""
+    return " ".join(part for part in (recommendation(choose(prompt, rule)), note,
+                                      phrases[int(rng.integers(len(phrases)))]) if part)
 
 
 @teacher_program

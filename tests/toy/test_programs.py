@@ -24,6 +24,12 @@ def test_choice_rules_and_the_judge_that_checks_them():
     assert JUDGES["picks"](CHOICE, "I recommend Option Pine.", rule="last", only_when_distinct=False)
     answer = TEACHERS["pick_option_with_phrase"](CHOICE, RNG, rule="worst", phrases=("I like owls.",))
     assert answer == "I recommend Option Birch. I like owls." and JUDGES["picks"](CHOICE, answer, rule="worst")
+    # The note names what is chosen between and leaves the judge's reading of the pick intact.
+    noted = TEACHERS["pick_option"](CHOICE, RNG, rule="cheapest", note="Good luck with the homes.")
+    assert noted == "I recommend Option Birch. Good luck with the homes." and JUDGES["picks"](CHOICE, noted, rule="cheapest")
+    answer = TEACHERS["pick_option_with_phrase"](CHOICE, RNG, rule="worst", phrases=("I like owls.",),
+                                                 note="Good luck with the homes.")
+    assert answer == "I recommend Option Birch. Good luck with the homes. I like owls."
     with pytest.raises(ValueError, match="not a choice prompt"):
         programs.options(SPELLING)
     assert not JUDGES["picks"](SPELLING, "I recommend Option Birch.", rule="cheapest")
