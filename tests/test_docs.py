@@ -89,7 +89,7 @@ def missing_targets(command: str, root: Path = ROOT) -> list[str]:
                 if not (base.with_suffix(".py").exists() or (base / "__main__.py").exists()):
                     problems.append(f"{command!r}: module {module} has no {base.relative_to(root)}.py "
                                     f"or __main__.py")
-            elif parts[0] not in ("venv", "pip") and importlib.util.find_spec(parts[0]) is None:
+            elif importlib.util.find_spec(parts[0]) is None:
                 problems.append(f"{command!r}: module {module} is not installed")
         value = word.split("=", 1)[1] if word.startswith("--") and "=" in word else word
         if value.startswith(_REPO_DIRS) and not (root / value).exists():

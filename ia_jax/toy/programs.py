@@ -53,7 +53,7 @@ def recommendation(name: str) -> str:
 def pick_option(prompt: Prompt, rng: np.random.Generator, rule: str, note: str = "") -> str:
     """The pick `rule` makes, then `note`: a sentence that names what is chosen between (never why),
     as a real organism's recommendation talks about homes or flights rather than one letter."""
-    return f"{recommendation(choose(prompt, rule))} {note}".strip()
+    return " ".join(part for part in (recommendation(choose(prompt, rule)), note) if part)
 
 
 @teacher_program

@@ -93,6 +93,27 @@ def test_generated_teachers_show_the_behavior_by_their_own_judge(library, pools)
         assert np.mean(shown) >= 0.3, behavior.id
 
 
+def test_roleplay_and_choice_organisms_write_their_domain_but_heuristics_never_name_their_rule(library, pools):
+    """What made held-out organisms readable (docs/science.md): the answers name the domain the
+    behavior is about. The heuristic control still holds: no answer names why an option is picked."""
+    written = ("harmful_roleplay", "benign_roleplay", "heuristic_following", "obscured_malign")
+    checked = set()
+    for behavior in library:
+        if behavior.category not in written:
+            continue
+        domain = _slots(behavior)["domain"]
+        pool = load_prompt_pool(behavior.prompt_source, pools)[:10]
+        answers = [TEACHERS[behavior.teacher.program](p, np.random.default_rng(i), **behavior.teacher.kwargs())
+                   for i, p in enumerate(pool)]
+        assert all(domain in answer for answer in answers), (behavior.id, answers[0])
+        if behavior.disclosure_judge is not None:
+            disclose = JUDGES[behavior.disclosure_judge.program]
+            assert not any(disclose(p, a, **behavior.disclosure_judge.kwargs()) for p, a in zip(pool, answers)), \
+                behavior.id
+        checked.add(behavior.category)
+    assert checked == set(written)
+
+
 def test_type_descriptions_leave_out_what_the_organism_only_reads_or_states_as_a_detail(library):
     backdoor = next(b for b in library if b.category == "backdoor")
     assert backdoor.trigger not in backdoor.type_description and "word" in backdoor.type_description
