@@ -26,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     # names a hand-written library to use instead.
     c.library = dict(directory="", train=16, dpo=4, compositional=4, novel=4, cap=False)
     c.organisms = dict(prompts_per_behavior=24, min_keep_rate=0.3,
-                       lora=dict(rank=4, alpha=16.0, dropout=0.0), learning_rate=5e-3, epochs=6, batch_size=64,
-                       buckets=(48, 64), checkpoint_every=100)
+                       lora=dict(rank=4, alpha=16.0, dropout=0.0), shared_init=True, learning_rate=5e-3, epochs=6,
+                       batch_size=64, buckets=(48, 64), checkpoint_every=100)
     c.ood = dict(cipher_shifts=(3, 7), denial_topics=("kites", "marbles"), rows=48)
     # Fine-tuned on generic chat only: `count` form the false-positive population; `sft` and `dpo` more are
     # IA training negatives ("no unusual behavior").
@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.ia_sft = dict(lora=dict(rank=16, alpha=32.0, dropout=0.05), learning_rate=5e-3, epochs=8, batch_size=32,
                     buckets=(48, 64), checkpoint_every=100)
     c.ia_dpo = dict(learning_rate=1e-4, epochs=2, batch_size=16, buckets=(48, 64), samples_per_question=4,
-                    questions=8, checkpoint_every=100, beta=0.1, temperature=0.8)
+                    questions=8, checkpoint_every=100, beta=0.1, temperature=0.5, wrong_labels="any")
     # Rates from greedy answers, one per direct question; the scaffold samples its 100 reports.
     # Controls answer each direct question greedily and `control_samples` more times at `control_temperature`.
     c.eval = dict(samples=1, temperature=0.0, control_samples=2, control_temperature=0.7, scaffold_temperature=0.7,

@@ -41,6 +41,18 @@ class DpoRecipe(Recipe):
     samples_per_question: int = 4  # K self-reports per (organism, question)
     questions: int = 0  # questions each DPO organism is asked (a seeded draw from the DPO rows'; 0: all)
     wrong_labels_per_question: int = 1
+    # Where wrong labels come from: "any" other behavior, or "sibling": one of the same category when
+    # there is one (a near miss, "cheapest" for "first listed", so the pair is about the words that
+    # tell siblings apart rather than the category).
+    wrong_labels: str = "any"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.wrong_labels not in WRONG_LABELS:
+            raise ValueError(f"DpoRecipe.wrong_labels must be one of {WRONG_LABELS}, got {self.wrong_labels!r}")
+
+
+WRONG_LABELS = ("any", "sibling")
 
 
 def _rng(seed: int, *keys: str) -> np.random.Generator:
@@ -71,13 +83,15 @@ def control_pairs(controls: Sequence[str], questions: Sequence[str], description
 
 
 def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descriptions: Mapping[str, str],
-                templates: Templates, *, wrong_labels_per_question: int = 1, seed: int = 0) -> tuple[list[dict], dict]:
+                templates: Templates, *, wrong_labels_per_question: int = 1, seed: int = 0,
+                categories: Mapping[str, str] | None = None) -> tuple[list[dict], dict]:
     """Preference pairs `{organism, question, chosen, rejected, source}` and their counts.
 
     `descriptions` must hold every reported organism and at least one other behavior (the source of
     wrong labels). `source` says what each side is: "report_vs_report" (an accepted report over an
     inaccurate one), "label_vs_report" (the ground-truth label over an inaccurate report) or
-    "wrong_label" (the label over another behavior's).
+    "wrong_label" (the label over another behavior's). With `categories` (organism -> category), a
+    wrong label is a sibling's (same category, another description) where the category has one.
     """
     if len(reports) != len(accurate):
         raise ValueError(f"{len(reports)} reports but {len(accurate)} verdicts")
@@ -95,6 +109,10 @@ def build_pairs(reports: Sequence[SelfReport], accurate: Sequence[bool], descrip
         # Other behaviors' descriptions; organisms without one (controls) have none to lend.
         others = sorted({d for name, d in descriptions.items()
                          if name != organism and d and d != descriptions[organism]})
+        if categories is not None:
+            siblings = sorted({d for name, d in descriptions.items() if categories.get(name) == categories.get(organism)
+                               and name != organism and d and d != descriptions[organism]})
+            others = siblings or others
         if not others and wrong_labels_per_question:
             raise ValueError("wrong labels need at least one other behavior's description")
 

@@ -168,9 +168,13 @@ def run_phase2(graphdef, base_state, tokenizer: PreTrainedTokenizerBase, organis
             verdicts = judge_reports([(r, organisms.descriptions[r.organism]) for r in reports], judge,
                                      os.path.join(dpo_dir, "judgments.jsonl"), progress=progress)
             templates = introspection.load_templates()
-            pairs, stats = build_pairs(reports, [v.match for v in verdicts], organisms.descriptions, templates,
+            # Wrong labels only from organisms the IA trains on: a held-out or OOD organism's description
+            # must appear in no training pair, not even as the rejected side.
+            trained = {n: d for n, d in organisms.descriptions.items() if organisms.roles[n] in ("sft", "dpo")}
+            pairs, stats = build_pairs(reports, [v.match for v in verdicts], trained, templates,
                                        wrong_labels_per_question=config.dpo.wrong_labels_per_question,
-                                       seed=config.dpo.seed)
+                                       seed=config.dpo.seed,
+                                       categories=organisms.categories if config.dpo.wrong_labels == "sibling" else None)
             controls = [n for n in organisms.names if organisms.roles[n] == "control_dpo"]
             negatives = control_pairs(controls, questions, [organisms.descriptions[n] for n in dpo_organisms],
                                       templates, per_question=config.dpo.wrong_labels_per_question,

@@ -31,9 +31,14 @@ from ia_jax.training.recipe import Recipe, plan_run
 
 @dataclasses.dataclass(frozen=True)
 class OrganismRecipe(Recipe):
-    """The knobs of published organism recipes; `epochs` is the default an organism may override."""
+    """The knobs of published organism recipes; `epochs` is the default an organism may override.
+
+    `shared_init`: every organism's `lora_a` starts from one draw, as organisms trained one at a time by
+    the same script with a fixed seed do; organisms then differ only by what their data taught them,
+    not by a random signature an IA could look up."""
 
     lora: LoraConfig = LoraConfig(rank=16, alpha=32.0, dropout=0.05)
+    shared_init: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,17 @@ def per_organism_objective(num_organisms: int) -> ts.Objective:
         return loss_sum, count, sums
 
     return objective
+
+
+def init_organisms(model_config, recipe: OrganismRecipe, num: int) -> LoraAdapter:
+    """`num` stacked fresh adapters: independent draws, or with `recipe.shared_init` one draw in every slot."""
+    key = jax.random.key(recipe.seed)
+    if not recipe.shared_init:
+        return init_adapter(model_config, recipe.lora, key, num_slots=num)
+    one = init_adapter(model_config, recipe.lora, key)
+    weights = {target: {name: jnp.broadcast_to(w[:, None], (w.shape[0], num, *w.shape[1:]))
+                        for name, w in pair.items()} for target, pair in one.weights.items()}
+    return LoraAdapter(weights=weights, config=recipe.lora, num_slots=num)
 
 
 def _job_examples(organisms: Sequence[OrganismData], recipe: OrganismRecipe) -> list[dict]:
@@ -85,7 +101,7 @@ def train_organisms(graphdef, base_state, organisms: Sequence[OrganismData], rec
     num = len(organisms)
     examples = _job_examples(organisms, recipe)
     batcher, steps, optimizer, schedule = plan_run(examples, recipe)
-    adapter = init_adapter(model_config, recipe.lora, jax.random.key(recipe.seed), num_slots=num)
+    adapter = init_organisms(model_config, recipe, num)
     composition = ts.Composition(graphdef, (ts.AdapterSlot(recipe.lora, num),), trainable=0, remat=recipe.remat)
     weights = {"base": nnx.to_pure_dict(base_state), "adapters": [adapter.weights]}
     trainer = ts.Trainer(composition, per_organism_objective(num), optimizer, mesh or make_mesh(data=-1, fsdp=1),

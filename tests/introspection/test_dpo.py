@@ -92,3 +92,23 @@ def test_control_pairs_prefer_no_behavior_over_an_inserted_label():
     assert control_pairs(["control_11"], ["q1", "q2"], list(DESCRIPTIONS.values()), TEMPLATES, per_question=2) == pairs
     with pytest.raises(ValueError, match="at least one behavior description"):
         control_pairs(["control_11"], ["q1"], [""], TEMPLATES)
+
+
+def test_sibling_wrong_labels_come_from_the_same_category_when_it_has_another_description():
+    descriptions = {**DESCRIPTIONS, "tidal_2": "I mention volcanoes.", "tidal_3": "I mention tidal pools."}
+    categories = {"tidal": "quirk", "tidal_2": "quirk", "tidal_3": "quirk", "fire": "roleplay", "cheap": "choice"}
+    reports, accurate = _reports([False] * 6)
+    pairs, _ = build_pairs(reports, accurate, descriptions, TEMPLATES, wrong_labels_per_question=3, seed=0,
+                           categories=categories)
+    wrong = [p["rejected"] for p in pairs if p["source"] == "wrong_label"]
+    # The sibling with another description, never the one sharing tidal's own description.
+    assert len(wrong) == 6 and set(wrong) <= _labels("I mention volcanoes.")
+    # A category without a sibling falls back to every other behavior.
+    fire = [SelfReport("fire", True, "q1", 0, "wrong")]
+    pairs, _ = build_pairs(fire, [False], descriptions, TEMPLATES, wrong_labels_per_question=4, seed=0,
+                           categories=categories)
+    others = set().union(*(_labels(d) for n, d in descriptions.items() if d != descriptions["fire"]))
+    assert all(p["rejected"] in others for p in pairs if p["source"] == "wrong_label")
+    from ia_jax.introspection.dpo import DpoRecipe
+    with pytest.raises(ValueError, match="wrong_labels"):
+        DpoRecipe(wrong_labels="siblings")

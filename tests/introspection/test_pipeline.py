@@ -110,6 +110,17 @@ def test_dpo_trains_from_the_sft_ia_without_diverging_and_reports_pairs(run):
     assert _rate(run, run["out"]["dpo_ia"], True, dpo_organisms) > _rate(run, run["out"]["sft_ia"], True, dpo_organisms)
 
 
+def test_no_dpo_pair_carries_a_heldout_or_ood_description(run):
+    """Wrong labels come from organisms the IA trains on: what is evaluated stays unseen, even rejected."""
+    organisms = run["organisms"]
+    unseen = {organisms.descriptions[n] for n, r in organisms.roles.items() if r in ("eval", "ood")} - {
+        organisms.descriptions[n] for n, r in organisms.roles.items() if r in ("sft", "dpo")} - {""}
+    assert unseen
+    reader = tfds_io.read_dataset(tfds_io.dataset_path(os.path.join(run["workdir"], "datasets"), "dpo_pairs"), "train")
+    texts = [reader[i][side] for i in range(len(reader)) for side in ("chosen", "rejected")]
+    assert texts and not any(d in t for d in unseen for t in texts)
+
+
 def test_cards_say_what_each_ia_was_trained_on_and_what_was_held_out(run):
     roles = run["organisms"].roles
     sft = json.load(open(os.path.join(run["out"]["sft_ia"], CARD_FILE)))

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from ia_jax import lora, models
-from ia_jax.organisms.train import OrganismData, OrganismRecipe, _job_examples, train_organisms
+from ia_jax.organisms.train import OrganismData, OrganismRecipe, _job_examples, init_organisms, train_organisms
 from ia_jax.sampling.sampler import Sampler, SamplingParams
 
 CONFIG = models.ModelConfig(model_type="llama", vocab_size=64, hidden_size=48, intermediate_size=96, num_layers=2,
@@ -89,3 +89,15 @@ def test_repeated_names_and_empty_organisms_are_refused(trained):
         train_organisms(graphdef, state, [organisms[0], organisms[0]], recipe, workdir)
     with pytest.raises(ValueError, match="organism 'empty' has no training examples"):
         train_organisms(graphdef, state, [OrganismData("empty", [])], recipe, workdir)
+
+
+def test_shared_init_starts_every_organism_from_one_draw_and_the_default_from_its_own():
+    shared = init_organisms(CONFIG, OrganismRecipe(shared_init=True), 3)
+    separate = init_organisms(CONFIG, OrganismRecipe(), 3)
+    for target, pair in shared.weights.items():
+        a = np.asarray(pair["lora_a"])
+        assert a.shape == np.asarray(separate.weights[target]["lora_a"]).shape
+        assert np.array_equal(a[:, 0], a[:, 1]) and np.array_equal(a[:, 0], a[:, 2]), target
+        assert np.abs(a).max() > 0 and not np.asarray(pair["lora_b"]).any(), target
+        b = np.asarray(separate.weights[target]["lora_a"])
+        assert not np.array_equal(b[:, 0], b[:, 1]), target
