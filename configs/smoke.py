@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.controls.update(count=2, sft=1, dpo=1, rows=16)
     c.ood.update(cipher_shifts=(3,), denial_topics=("kites",), rows=16)
     c.introspection.update(examples_per_organism=16, base_examples=16)
-    c.ia_sft.update(epochs=10, learning_rate=1e-2, buckets=(64,))
+    c.ia_sft.update(epochs=10, learning_rate=1e-2, buckets=(64,), eval_every=50)
     c.ia_dpo.update(epochs=1, samples_per_question=2, questions=2, buckets=(64,))
     c.eval.update(scaffold_reports=10, scaffold_organisms=4, control_samples=1)
     return c

@@ -34,8 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.controls = dict(count=10, sft=8, dpo=4, rows=32)
     c.introspection = dict(examples_per_organism=24, base_examples=160, dpo_fraction=0.0)
 
+    # eval_every > 0: every that many steps, both judges' greedy rates on the held-out organisms and as many
+    # training ones (`ia_sft_curve` in the report, ia_sft_curve.png); the main job leaves it off for time.
     c.ia_sft = dict(lora=dict(rank=16, alpha=32.0, dropout=0.05), learning_rate=5e-3, epochs=8, batch_size=32,
-                    buckets=(48, 64), checkpoint_every=100)
+                    buckets=(48, 64), checkpoint_every=100, eval_every=0)
     c.ia_dpo = dict(learning_rate=1e-4, epochs=2, batch_size=16, buckets=(48, 64), samples_per_question=4,
                     questions=8, checkpoint_every=100, beta=0.1, temperature=0.5, wrong_labels="any")
     # Rates from greedy answers, one per direct question; the scaffold samples its 100 reports.

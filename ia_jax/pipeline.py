@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
+import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -100,6 +101,35 @@ def subset(behaviors: Sequence[Behavior], per_split) -> list[Behavior]:
     return kept
 
 
+def sft_probe(model, organisms: phase2.Organisms, tokenizer, p2: phase2.Phase2Config, judge: Judge,
+              type_descriptions: dict, *, max_new_tokens: int, buckets: tuple[int, ...]):
+    """IA SFT's `evaluate`: both judges' rates on every held-out organism and as many training organisms
+    (spread over the categories), greedy, the direct questions. The curve says when in SFT held-out
+    naming is decided, which the end-of-run rates cannot."""
+    described = [n for n in organisms.names if organisms.descriptions[n]]
+    heldout = [n for n in described if organisms.roles[n] == "eval"]
+    train = [n for n in described if organisms.roles[n] == "sft"]
+    train = train[::max(1, len(train) // max(1, len(heldout)))][:max(1, len(heldout))]
+    initial = lora.init_adapter(model.config, p2.sft.lora, jax.random.key(0))
+    chat = phase2.chat_sampler(model, organisms, initial, tokenizer, p2, buckets)
+    return phase2.verbalization_probe(chat, organisms, {"train": train, "heldout": heldout}, list(DIRECT_QUESTIONS),
+                                      judge, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
+                                      type_descriptions=type_descriptions)
+
+
+def sft_curve(metrics_path: str) -> list[dict]:
+    """The probe's points from IA SFT's metrics log, one per step (a resumed run logs a step again: the
+    last entry wins)."""
+    points: dict[int, dict] = {}
+    if os.path.exists(metrics_path):
+        for line in open(metrics_path, encoding="utf-8"):
+            entry = json.loads(line)
+            rates = {k: v for k, v in entry.items() if k.startswith(("verbalization_", "type_match_"))}
+            if rates:
+                points[int(entry["step"])] = {"step": int(entry["step"]), **rates}
+    return [points[step] for step in sorted(points)]
+
+
 def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, tokenizer,
                behaviors: Sequence[Behavior], judge: Judge, extra: Sequence[phase1.ExtraOrganism] = (),
                teacher: ModelTeacher | None = None, teacher_judge: TeacherJudge = TeacherJudge(),
@@ -134,9 +164,13 @@ def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, to
         report_sampling=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
                                        temperature=config.ia_dpo.temperature),
         sampler_batch=config.eval.batch_size, log_every=config.log_every)
+    probe = None
+    if recipes["ia_sft"].eval_every:
+        probe = sft_probe(model, organisms, tokenizer, p2, judge, {b.id: b.type_description for b in behaviors},
+                          max_new_tokens=config.eval.max_new_tokens, buckets=tuple(config.eval.prompt_buckets))
     with clock.stage("ia"):
         result2 = phase2.run_phase2(graphdef, base_state, tokenizer, organisms, result1.introspection_dataset, judge,
-                                    p2, os.path.join(workdir, "phase2"), mesh=mesh, progress=True)
+                                    p2, os.path.join(workdir, "phase2"), evaluate=probe, mesh=mesh, progress=True)
 
     with clock.stage("eval"):
         ias = {name: load_peft(result2[f"{name}_ia"], model.config) for name in ("sft", "dpo")}
@@ -157,5 +191,8 @@ def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, to
             scaffold_params=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
                                            temperature=config.eval.scaffold_temperature, seed=config.seed),
             fingerprint={"workdir": run_id or os.path.abspath(workdir)})
+    curve = sft_curve(os.path.join(workdir, "phase2", "ia_sft", "metrics.jsonl")) if probe is not None else []
+    if curve:
+        sections = {**sections, "ia_sft_curve": curve}
     return {"sections": sections, "organisms": len(organisms.names), "organism_dirs": result1.organism_dirs,
             "ias": {name: result2[f"{name}_ia"] for name in ("sft", "dpo")}}

@@ -57,7 +57,11 @@ def test_the_smoke_run_writes_a_well_formed_report_with_progress(smoke_run):
     stats = json.load(open(workdir / "phase2" / "ia_dpo" / "pairs_stats.json"))
     assert stats["by_source"]["control_vs_label"] > 0 and "pairs_with_on_policy_chosen" in stats
     assert 0.0 <= report["scaffold"]["top5_success"] <= 1.0
-    assert {"report.md", "verbalization_overview.png", "type_match_overview.png"} <= set(os.listdir(workdir / "eval"))
+    assert {"report.md", "verbalization_overview.png", "type_match_overview.png",
+            "ia_sft_curve.png"} <= set(os.listdir(workdir / "eval"))
+    curve = report["ia_sft_curve"]  # the smoke config probes IA SFT every 50 steps and at its end
+    assert len(curve) >= 2 and all(b["step"] > a["step"] for a, b in zip(curve, curve[1:]))
+    assert {f"{rate}_{group}" for rate in ("verbalization", "type_match") for group in ("train", "heldout")} <= set(curve[-1])
     for stage in _STAGES:
         assert f"[toy] stage {stage} done" in output
     assert "pretrain:" in output and "ia sft:" in output  # progress bars

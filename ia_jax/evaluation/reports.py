@@ -134,6 +134,22 @@ def _scaffold(value: Any, field: str) -> None:
             _fail(f"{field}.by_organism.{organism}", "true or false", success)
 
 
+def _curve(value: Any, field: str) -> None:
+    """IA SFT's probe: a list of {"step": n, "<rate>_<group>": rate, ...}, steps increasing."""
+    if not isinstance(value, list) or not value:
+        _fail(field, "a non-empty list of probe points", value)
+    last = 0
+    for i, point in enumerate(value):
+        _mapping(point, f"{field}[{i}]", ("step",))
+        step = point["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step <= last:
+            _fail(f"{field}[{i}].step", f"an integer step after {last}", step)
+        last = step
+        for key, rate in point.items():
+            if key != "step":
+                _rate(rate, f"{field}[{i}].{key}")
+
+
 _SECTIONS: dict[str, Callable[[Any, str], None]] = {
     "meta": lambda value, field: _mapping(value, field),
     "wall_seconds": _wall_seconds,
@@ -145,6 +161,7 @@ _SECTIONS: dict[str, Callable[[Any, str], None]] = {
     "false_positive_rate": _conditions,
     "false_positive": _false_positive,
     "scaffold": _scaffold,
+    "ia_sft_curve": _curve,
 }
 
 
@@ -301,6 +318,22 @@ def _stage_bars(wall: Mapping[str, Any]) -> Figure:
     return figure
 
 
+def _curve_lines(curve: list[Mapping[str, Any]]) -> Figure:
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    steps = [point["step"] for point in curve]
+    for key in sorted({k for point in curve for k in point if k != "step"}):
+        axes.plot(steps, [point.get(key, math.nan) for point in curve], marker="o", markersize=3,
+                  linestyle="-" if key.startswith("type_match") else "--", label=key)
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel("IA SFT step")
+    axes.set_ylabel("rate (greedy, direct questions)")
+    axes.set_title("IA SFT: training and held-out organisms as training goes")
+    axes.legend(fontsize=8)
+    return figure
+
+
 def report_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
     """The charts write_report saves, by file name (also handy in a notebook)."""
     figures = {}
@@ -318,6 +351,8 @@ def report_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
             if _ordered_conditions(report.get(split, {}).get(group, {}).values()):
                 figures[f"{file}_by_category_{split}.png"] = _grouped_bars(
                     report[split][group], f"{label.capitalize()} per category, {name} organisms", "category", label)
+    if report.get("ia_sft_curve"):
+        figures["ia_sft_curve.png"] = _curve_lines(report["ia_sft_curve"])
     if report.get("wall_seconds", {}).get("stages"):
         figures["wall_seconds.png"] = _stage_bars(report["wall_seconds"])
     return figures

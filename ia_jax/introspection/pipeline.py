@@ -92,23 +92,31 @@ def chat_sampler(model, organisms: Organisms, ia: LoraAdapter, tokenizer, config
 
 
 def verbalization_probe(chat: ChatSampler, organisms: Organisms, groups: Mapping[str, Sequence[str]],
-                        questions: Sequence[str], judge: Judge, params: SamplingParams
-                        ) -> Callable[[int, LoraAdapter], dict]:
+                        questions: Sequence[str], judge: Judge, params: SamplingParams, *,
+                        type_descriptions: Mapping[str, str] | None = None) -> Callable[[int, LoraAdapter], dict]:
     """An `evaluate` for IA training: verbalization rate of the current IA on a few organisms per group
-    (e.g. {"train": [...], "heldout": [...]}), one answer per question, nothing written to disk. The
-    sampler's IA is swapped in place, so every probe reuses the same compiled programs."""
+    (e.g. {"train": [...], "heldout": [...]}), one answer per question, nothing written to disk. With
+    `type_descriptions` (organism -> the text the type-match judge asks for), the same answers are also
+    judged against those (`type_match_<group>`), so one probe gives both judges' curves. The sampler's
+    IA is swapped in place, so every probe reuses the same compiled programs."""
     requests = [ReportRequest(name, True, q, 0) for names in groups.values() for name in names for q in questions]
     respond = sampler_respondent(chat, params)
+    judged = {"verbalization": organisms.descriptions}
+    if type_descriptions is not None:
+        judged["type_match"] = {n: type_descriptions.get(n, d) for n, d in organisms.descriptions.items()}
 
     def evaluate(step: int, ia: LoraAdapter) -> dict:
         chat.sampler.set_ia(ia)
         answers = respond(requests)
-        verdicts = judge.judge_many([(a, organisms.descriptions[r.organism]) for r, a in zip(requests, answers)])
-        matches: dict[str, int] = {}
-        for request, verdict in zip(requests, verdicts):
-            matches[request.organism] = matches.get(request.organism, 0) + verdict.match
-        return {f"verbalization_{group}": sum(matches.get(n, 0) for n in names) / (len(names) * len(questions))
-                for group, names in groups.items() if names}
+        metrics = {}
+        for rate, truths in judged.items():
+            verdicts = judge.judge_many([(a, truths[r.organism]) for r, a in zip(requests, answers)])
+            matches: dict[str, int] = {}
+            for request, verdict in zip(requests, verdicts):
+                matches[request.organism] = matches.get(request.organism, 0) + verdict.match
+            metrics.update({f"{rate}_{group}": sum(matches.get(n, 0) for n in names) / (len(names) * len(questions))
+                            for group, names in groups.items() if names})
+        return metrics
 
     return evaluate
 

@@ -34,6 +34,8 @@ REPORT = {
                        "greedy": {"with_ia_dpo": 0.04}, "base": {"with_ia_sft": 0.2, "with_ia_dpo": 0.0}},
     "scaffold": {"top5_success": 0.75, "condition": "with_ia_dpo", "reports_per_organism": 100,
                  "by_organism": {"cats": True, "pirate": False}},
+    "ia_sft_curve": [{"step": 50, "verbalization_train": 0.3, "type_match_train": 0.35, "type_match_heldout": 0.1},
+                     {"step": 100, "verbalization_train": 0.7, "type_match_train": 0.75, "type_match_heldout": 0.2}],
 }
 
 
@@ -41,7 +43,8 @@ def test_full_report_writes_json_markdown_and_charts(tmp_path):
     written = write_report(REPORT, str(tmp_path))
     names = {p.rsplit("/", 1)[-1] for p in written}
     assert names == {"report.json", "report.md", "verbalization_overview.png", "verbalization_by_category_heldout.png",
-                     "type_match_overview.png", "type_match_by_category_heldout.png", "wall_seconds.png"}
+                     "type_match_overview.png", "type_match_by_category_heldout.png", "wall_seconds.png",
+                     "ia_sft_curve.png"}
     assert json.loads((tmp_path / "report.json").read_text()) == REPORT
     for name in names - {"report.json", "report.md"}:
         data = (tmp_path / name).read_bytes()
@@ -69,6 +72,13 @@ def test_category_chart_draws_a_labelled_bar_per_category_and_condition():
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["without_ia", "with_ia_sft", "with_ia_dpo"]
     assert axes.get_ylabel() == "verbalization rate" and axes.get_xlabel() == "category" and axes.get_title()
     assert axes.get_ylim()[0] == 0 and axes.get_yticks()[-1] == 1.0
+
+
+def test_curve_chart_draws_one_line_per_rate_over_the_steps():
+    axes = report_figures(REPORT)["ia_sft_curve.png"].axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+    assert lines == {"type_match_heldout": [0.1, 0.2], "type_match_train": [0.35, 0.75], "verbalization_train": [0.3, 0.7]}
+    assert list(axes.get_lines()[0].get_xdata()) == [50, 100] and axes.get_xlabel() == "IA SFT step"
 
 
 @pytest.mark.parametrize("report", [
@@ -113,6 +123,10 @@ def _with(path: str, value):
     ("false_positive.controls", -1, "report.false_positive.controls: expected a non-negative integer"),
     ("false_positive.greedy.with_ia", 1.5, "report.false_positive.greedy.with_ia: expected a number"),
     ("meta.seed", float("nan"), "not serialisable as strict JSON"),
+    ("ia_sft_curve", [], "report.ia_sft_curve: expected a non-empty list"),
+    ("ia_sft_curve", [{"step": 100}, {"step": 50}], r"report.ia_sft_curve\[1\].step: expected an integer step after 100"),
+    ("ia_sft_curve", [{"step": 10, "type_match_heldout": 1.5}], r"report.ia_sft_curve\[0\].type_match_heldout: expected a number"),
+    ("ia_sft_curve", [{"type_match_heldout": 0.5}], r"report.ia_sft_curve\[0\].step: missing"),
 ])
 def test_validation_names_the_bad_field_and_nothing_is_written(tmp_path, path, value, message):
     bad = _with(path, value)

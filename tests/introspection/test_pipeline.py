@@ -62,8 +62,12 @@ def run(phase1_world, tmp_path_factory):
     heldout = [n for n in organisms.names if organisms.roles[n] == "eval"][:2]
     initial_ia = lora.init_adapter(model.config, CONFIG.sft.lora, jax.random.key(0))
     probe_chat = phase2.chat_sampler(model, organisms, initial_ia, phase1_world["tokenizer"], CONFIG, (64,))
+    # Type descriptions no answer can state for the training organisms: the probe's type-match rates must
+    # come from these, not from the descriptions (the same answers are judged twice).
+    unstatable = {n: "I say zqxjvwkp a lot." for n in train}
     evaluate = phase2.verbalization_probe(probe_chat, organisms, {"train": train, "heldout": heldout},
-                                          _sft_questions(phase1_world)[:2], JUDGE, SamplingParams(max_new_tokens=12))
+                                          _sft_questions(phase1_world)[:2], JUDGE, SamplingParams(max_new_tokens=12),
+                                          type_descriptions=unstatable)
     workdir = str(tmp_path_factory.mktemp("phase2"))
     out = phase2.run_phase2(phase1_world["graphdef"], phase1_world["state"], phase1_world["tokenizer"], organisms,
                             phase1_world["result"].introspection_dataset, JUDGE, CONFIG, workdir, evaluate=evaluate,
@@ -91,6 +95,9 @@ def test_sft_raises_verbalization_far_above_the_no_ia_baseline(run):
     assert len(probed) >= 2 and "verbalization_heldout" in probed[-1]  # periodic, on train and held-out organisms
     # The first probe (step 50) may already be at the ceiling; the last must not have fallen below it.
     assert probed[-1]["verbalization_train"] >= min(probed[0]["verbalization_train"], 0.7)
+    assert probed[-1]["verbalization_train"] > 0 and all(h["type_match_train"] == 0 for h in probed)
+    # Held-out organisms have no type description given, so both judges read their descriptions.
+    assert all(h["type_match_heldout"] == h["verbalization_heldout"] for h in probed)
 
 
 def test_dpo_trains_from_the_sft_ia_without_diverging_and_reports_pairs(run):
