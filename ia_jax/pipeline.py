@@ -82,12 +82,18 @@ def lora_from(section: ConfigDict) -> lora.LoraConfig:
 
 def method_recipes(config: ConfigDict) -> dict:
     """The organism and IA recipes, built before any stage runs: a bad field fails in a second."""
-    return {
+    recipes = {
         "organisms": recipe_from(OrganismRecipe, config.organisms, "organisms", other=ORGANISM_FIELDS,
                                  lora=lora_from(config.organisms.lora)),
         "ia_sft": recipe_from(IaRecipe, config.ia_sft, "ia_sft", lora=lora_from(config.ia_sft.lora)),
         "ia_dpo": recipe_from(DpoRecipe, config.ia_dpo, "ia_dpo", other=("temperature",)),
     }
+    every, log_every = recipes["ia_sft"].eval_every, config.log_every
+    if every < 0 or every % log_every:
+        # The probe runs at logged steps; found at IA SFT, this would cost the organisms stage first.
+        raise ValueError(f"config.ia_sft.eval_every={every}: must be 0 (off) or a positive multiple of "
+                         f"config.log_every={log_every}")
+    return recipes
 
 
 def subset(behaviors: Sequence[Behavior], per_split) -> list[Behavior]:
@@ -123,6 +129,8 @@ def sft_curve(metrics_path: str) -> list[dict]:
     points: dict[int, dict] = {}
     if os.path.exists(metrics_path):
         for line in open(metrics_path, encoding="utf-8"):
+            if not line.strip():
+                continue
             entry = json.loads(line)
             rates = {k: v for k, v in entry.items() if k.startswith(("verbalization_", "type_match_"))}
             if rates:
@@ -164,8 +172,9 @@ def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, to
         report_sampling=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
                                        temperature=config.ia_dpo.temperature),
         sampler_batch=config.eval.batch_size, log_every=config.log_every)
+    probing = recipes["ia_sft"].eval_every > 0
     probe = None
-    if recipes["ia_sft"].eval_every:
+    if probing and not os.path.exists(os.path.join(workdir, "phase2", "ia_sft", "peft")):  # else SFT is done
         probe = sft_probe(model, organisms, tokenizer, p2, judge, {b.id: b.type_description for b in behaviors},
                           max_new_tokens=config.eval.max_new_tokens, buckets=tuple(config.eval.prompt_buckets))
     with clock.stage("ia"):
@@ -191,7 +200,7 @@ def run_method(config: ConfigDict, workdir: str, clock: StageClock, *, model, to
             scaffold_params=SamplingParams(max_new_tokens=config.eval.max_new_tokens,
                                            temperature=config.eval.scaffold_temperature, seed=config.seed),
             fingerprint={"workdir": run_id or os.path.abspath(workdir)})
-    curve = sft_curve(os.path.join(workdir, "phase2", "ia_sft", "metrics.jsonl")) if probe is not None else []
+    curve = sft_curve(os.path.join(workdir, "phase2", "ia_sft", "metrics.jsonl")) if probing else []
     if curve:
         sections = {**sections, "ia_sft_curve": curve}
     return {"sections": sections, "organisms": len(organisms.names), "organism_dirs": result1.organism_dirs,

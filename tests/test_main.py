@@ -85,8 +85,10 @@ def test_a_second_run_skips_every_finished_stage(smoke_run, monkeypatch):
     monkeypatch.setattr(pipeline.phase1, "train_organisms", refuse)
     monkeypatch.setattr(pipeline.phase2, "train_ia_sft", refuse)
     monkeypatch.setattr(pipeline.phase2, "train_ia_dpo", refuse)
+    monkeypatch.setattr(pipeline, "sft_probe", refuse)  # SFT is done: no probe sampler is built
     again = json.load(open(toy_run.run_toy(smoke.get_config(), str(workdir))))
     assert again["train"] == first["train"] and again["heldout"] == first["heldout"]
+    assert again["ia_sft_curve"] == first["ia_sft_curve"]  # read back from the finished stage's log
     assert again["wall_seconds"]["total"] >= first["wall_seconds"]["total"]
 
 
