@@ -33,4 +33,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.decode = dict(batch_sizes=(1, 8, 32), prompt_tokens=64, new_tokens=128)
     c.workloads = ("ia_sft", "dpo", "organisms", "decode")
     c.reference = True  # also time transformers + peft on the same workloads
+    # Workloads whose peak memory each side's own fresh process measures (memory.py; about 20 s each).
+    c.memory = ("ia_sft", "dpo", "organisms", "decode")
     return c

@@ -8,10 +8,13 @@ Workloads (after compiling and warming up; medians over `repeats`):
 - `organisms`: K organisms trained in one job versus K single-organism jobs, each job a fresh process
   (`organism_job.py`) timed from start-up to saved adapters.
 - `decode`: greedy KV-cached sampling with organism and IA adapters, tokens/s at several batch sizes.
-The reference (`torch_reference.py`) runs the same workloads; the two sides' calls take turns
-(`workloads.interleaved`), never run alongside each other, so drift in a shared machine's speed
-weighs on both alike.
-Prints a table; writes `--out` JSON and a bar chart of the ratios beside it.
+The reference (`torch_reference.py`) runs the same workloads (both sides built in `calls.py`); the
+two sides' calls take turns (`workloads.interleaved`), never run alongside each other, so drift in a
+shared machine's speed weighs on both alike. Every row also gets the bound this run measured (see
+`report.py`): the step's FLOPs at the peak, the base's matmuls alone for decoding, and for memory the
+buffers XLA assigns our step; each side's peak memory is measured alone in a fresh process
+(`memory.py`) for the workloads `memory` lists.
+Prints a table; writes `--out` JSON and a chart of each row against its bound and target beside it.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from ia_jax.bench import flops, report, torch_reference, workloads
+from ia_jax.bench import calls, memory, report, torch_reference, workloads
 from ia_jax.models.config import ModelConfig
 from ia_jax.models.hf_checkpoint import save_hf
-from ia_jax.training import train_step as ts
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "bench.py")
@@ -41,81 +43,68 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Benchmark 
 _OUT = flags.DEFINE_string("out", "bench.json", "Where the results JSON goes (a PNG of the ratios goes beside it).")
 
 
-def _torch_lora(fields, dropout=None) -> dict:
-    return {"rank": int(fields["rank"]), "alpha": float(fields["alpha"]),
-            "dropout": float(fields["dropout"] if dropout is None else dropout),
-            "targets": ["q", "k", "v", "o", "gate", "up", "down"]}
-
-
 def _summary(first: float, times: list[float]) -> dict:
     return {"seconds": statistics.median(times), "times": times, "first_call_seconds": first}
 
 
-def _timed_sides(c, ours, reference_call, **more) -> dict:
-    """`{"ours": (first, times)[, "reference": ...]}`, the two sides (and any `more` calls of ours) timed
-    in turns (see `interleaved`)."""
-    calls = {"ours": ours, **more}
-    if c.reference:
-        calls["reference"] = reference_call()
-    return workloads.interleaved(calls, warmup=c.warmup, repeats=c.repeats)
+def _timed(c, sides: dict[str, calls.Factory]) -> tuple[dict, dict]:
+    """(the built calls, `{side: (first, times)}`), the sides timed in turns (see `interleaved`); the
+    reference is left out when the config turns it off."""
+    built = {name: make() for name, make in sides.items() if c.reference or name != "reference"}
+    return built, workloads.interleaved(built, warmup=c.warmup, repeats=c.repeats)
 
 
-def _step_workload(c, model, base, peak, objective, batch, rows: int, reference_call) -> dict:
-    organism_lora, ia_lora = workloads.lora_config(c.organism_lora), workloads.lora_config(c.ia_lora)
-    ours = workloads.ia_train_step_call(
-        base, batch, objective, organism_lora=organism_lora, ia_lora=ia_lora, slots=c.organisms_in_batch,
-        learning_rate=c.learning_rate, seed=c.seed)
-    step_flops = flops.lora_train_step_flops(model, rows=rows, seq=c.seq_len, scored=c.answer_tokens,
-                                             frozen=(organism_lora,), trained=ia_lora)
-    result = {"tokens": rows * c.seq_len, "model_flops": step_flops}
-    for side, (first, times) in _timed_sides(c, ours, reference_call).items():
+def _process_memory(c, workload: str, entry: dict, batch_size: int | None = None) -> None:
+    """Each side's process peak, measured alone in a fresh process, into `entry[side]["memory"]`."""
+    if workload not in c.memory:
+        return
+    for side in ("ours", "reference") if c.reference else ("ours",):
+        entry[side].setdefault("memory", {}).update(
+            memory.in_fresh_process(c.to_dict(), workload, side, batch_size=batch_size))
+
+
+def _step_workload(c, model, base, peak, name: str, sides: dict[str, calls.Factory]) -> dict:
+    step_flops = calls.step_flops(c, model, name)
+    rows = calls.step_rows(c, name)
+    # The bound: the step's model FLOPs at this run's measured peak.
+    result = {"tokens": rows * c.seq_len, "model_flops": step_flops, "bound_seconds": step_flops / peak}
+    built, timed = _timed(c, sides)
+    for side, (first, times) in timed.items():
         seconds = statistics.median(times)
         result[side] = {**_summary(first, times), "tokens_per_second": rows * c.seq_len / seconds,
                         "mfu": step_flops / seconds / peak}
+    result["ours"]["memory"] = {"compiled": built["ours"].compiled_memory()}
     if c.reference:
         result["ratio"] = result["reference"]["seconds"] / result["ours"]["seconds"]
+        result["ratio_bound"] = result["reference"]["seconds"] / result["bound_seconds"]
+    del built
+    _process_memory(c, name, result)
     return result
 
 
 def ia_sft(c, model, base, peak) -> dict:
-    examples = workloads.sft_examples(model, count=c.batch_size, seq=c.seq_len, answer=c.answer_tokens,
-                                      organisms=c.organisms_in_batch, seed=c.seed)
-    batch = workloads.one_batch(examples, c.batch_size, c.seq_len)
-    plain = {k: batch[k][0] for k in ("tokens", "attention_mask", "loss_mask")}
-    return _step_workload(c, model, base, peak, ts.sft_objective, batch, c.batch_size, lambda: (
-        torch_reference.ia_sft_step_call(
-            workloads.reference_config(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-            ia_lora=_torch_lora(c.ia_lora), learning_rate=c.learning_rate, seed=c.seed)))
+    return _step_workload(c, model, base, peak, "ia_sft", calls.sft_sides(c, model, base))
 
 
 def dpo(c, model, base, peak) -> dict:
-    pairs = workloads.dpo_examples(model, count=c.batch_size, seq=c.seq_len, answer=c.answer_tokens,
-                                   organisms=c.organisms_in_batch, seed=c.seed)
-    batch = workloads.one_batch(pairs, c.batch_size, c.seq_len)
-    plain = {k: batch[k][0] for k in batch if not k.endswith("positions") and k != "organism_ids"}
-    return _step_workload(c, model, base, peak, ts.dpo_objective(c.dpo_beta), batch, 2 * c.batch_size, lambda: (
-        torch_reference.dpo_step_call(
-            workloads.reference_config(model), plain, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-            ia_lora=_torch_lora(c.ia_lora), beta=c.dpo_beta, learning_rate=c.learning_rate, seed=c.seed)))
+    return _step_workload(c, model, base, peak, "dpo", calls.dpo_sides(c, model, base))
 
 
-def _run_job(base_dir: str, workdir: str, job: dict) -> float:
+def _run_job(base_dir: str, workdir: str, job: dict) -> tuple[float, dict]:
+    """(wall seconds of the job's process, what it printed: its steps and memory)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "ia_jax.bench.organism_job", f"--base={base_dir}",
                            f"--workdir={workdir}", f"--job={json.dumps(job)}"], capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"organism job {job['organisms']} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def organisms(c, model, base, peak) -> dict:
-    del peak
     jobs = c.organism_jobs
     count, sequential = jobs.count, min(jobs.sequential_jobs, jobs.count)
-    job = {"examples_per_organism": jobs.examples_per_organism, "seq_len": jobs.seq_len,
-           "answer_tokens": jobs.seq_len // 2, "batch_size": c.batch_size, "lora": dict(c.organism_lora),
-           "learning_rate": c.learning_rate, "seed": c.seed}
+    job = calls.organism_job(c)
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         save_hf(base, base_dir)
@@ -126,49 +115,48 @@ def organisms(c, model, base, peak) -> dict:
         # during the run weighs on both sides.
         before = sequential // 2
         single = [single_job(i) for i in range(before)]
-        one_job = _run_job(base_dir, os.path.join(scratch, "all"), {**job, "organisms": list(range(count))})
+        one_job, one_info = _run_job(base_dir, os.path.join(scratch, "all"), {**job, "organisms": list(range(count))})
         single += [single_job(i) for i in range(before, sequential)]
-    sequential_seconds = sum(single) * count / sequential
+    single_seconds = [seconds for seconds, _ in single]
+    sequential_seconds = sum(single_seconds) * count / sequential
+    costs = calls.organism_costs(one_job, single_seconds, count, calls.organism_step_flops(c, model) / peak)
     result = {"organisms": count, "examples_per_organism": jobs.examples_per_organism,
-              "ours": {"one_job_seconds": one_job, "single_job_seconds": single,
+              "ours": {"one_job_seconds": one_job, "single_job_seconds": single_seconds,
                        "sequential_seconds": sequential_seconds, "sequential_jobs_timed": sequential,
-                       "speedup": sequential_seconds / one_job}}
+                       "speedup": sequential_seconds / one_job, **costs,
+                       "memory": {"one_job_bytes": one_info["peak_bytes"],
+                                  "single_job_bytes": [info["peak_bytes"] for _, info in single]}}}
     if c.reference:
-        batches = []
-        for i in range(count):
-            examples = workloads.organism_examples(model, job, i)
-            batches.append({"batches": [
-                {k: b[k][0] for k in ("tokens", "attention_mask", "loss_mask")}
-                for b in [workloads.one_batch(examples[s:s + c.batch_size], c.batch_size, jobs.seq_len)
-                          for s in range(0, len(examples), c.batch_size)]]})
-        reference = torch_reference.organism_jobs_seconds(workloads.reference_config(model), batches,
-                                                          lora=_torch_lora(c.organism_lora),
-                                                          batch_size=c.batch_size, learning_rate=c.learning_rate,
-                                                          seed=c.seed)
+        reference = calls.organisms_reference(c, model, count)()
         result["reference"] = {"sequential_in_one_process_seconds": reference["seconds"],
                                "per_organism": reference["per_organism"], "steps": reference["steps"]}
         result["ratio"] = reference["seconds"] / one_job
+        if "fixed_cost_seconds" in costs:
+            result["ratio_bound"] = reference["seconds"] / (costs["fixed_cost_seconds"]
+                                                            + count * costs["per_organism_bound_seconds"])
+        if "organisms" in c.memory:
+            result["reference"]["memory"] = memory.in_fresh_process(c.to_dict(), "organisms", "reference")
     return result
 
 
 def decode(c, model, base, peak) -> dict:
     del peak
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(base)))
     result = {}
     for batch_size in c.decode.batch_sizes:
-        common = dict(batch_size=batch_size, prompt_tokens=c.decode.prompt_tokens, new_tokens=c.decode.new_tokens)
-        ours = workloads.decode_call(base, **common, organism_lora=workloads.lora_config(c.organism_lora),
-                                     ia_lora=workloads.lora_config(c.ia_lora), slots=c.organisms_in_batch, seed=c.seed)
-        floor = workloads.matmul_floor_call(base, batch_size=batch_size, new_tokens=c.decode.new_tokens)
         tokens = batch_size * c.decode.new_tokens
-        entry = {"tokens": tokens}
-        for side, (first, times) in _timed_sides(c, ours, lambda: torch_reference.decode_call(
-                workloads.reference_config(model), **common, organism_lora=_torch_lora(c.organism_lora, dropout=0.0),
-                ia_lora=_torch_lora(c.ia_lora, dropout=0.0), seed=c.seed), floor=floor).items():
+        entry = {"tokens": tokens, "state_bytes": calls.decode_state_bytes(c, model, params, batch_size)}
+        built, timed = _timed(c, calls.decode_sides(c, model, base, batch_size))
+        del built
+        for side, (first, times) in timed.items():
             entry[side] = {**_summary(first, times), "tokens_per_second": tokens / statistics.median(times)}
+        # Ours against the base's matmuls alone: what the decoder spends beyond its weights' matmuls.
+        entry["floor_multiple"] = entry["ours"]["seconds"] / entry["floor"]["seconds"]
         if c.reference:
             entry["ratio"] = entry["reference"]["seconds"] / entry["ours"]["seconds"]
             # The most any decoder could reach here: the reference against the base's matmuls alone.
             entry["ratio_bound"] = entry["reference"]["seconds"] / entry["floor"]["seconds"]
+        _process_memory(c, "decode", entry, batch_size=batch_size)
         result[f"batch_{batch_size}"] = entry
     return result
 
@@ -207,9 +195,10 @@ def machine() -> dict:
 def main(argv):
     del argv
     c = _CONFIG.value
-    unknown = sorted(set(c.workloads) - set(_RUNNERS))
-    if unknown:
-        raise app.UsageError(f"--config.workloads: unknown {unknown}; choose from {list(_RUNNERS)}")
+    for field in ("workloads", "memory"):
+        unknown = sorted(set(c[field]) - set(_RUNNERS))
+        if unknown:
+            raise app.UsageError(f"--config.{field}: unknown {unknown}; choose from {list(_RUNNERS)}")
     model = ModelConfig(**c.model)
     base = workloads.base_model(model, c.seed)
     results = {"config": c.to_dict(), "machine": machine(),
@@ -226,7 +215,7 @@ def main(argv):
     with open(_OUT.value, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=float)
     plot = os.path.splitext(_OUT.value)[0] + ".png"
-    report.plot_ratios(results, plot)
+    report.plot_shares(results, plot)
     print(report.table(results))
     print(f"wrote {_OUT.value} and {plot}")
 

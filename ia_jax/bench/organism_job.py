@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 from flax import nnx
 
-from ia_jax.bench import workloads
+from ia_jax.bench import memory, workloads
 from ia_jax.lora.peft_io import save_peft
 from ia_jax.models.hf_checkpoint import load_hf
 from ia_jax.organisms.train import OrganismData, OrganismRecipe, train_organisms
@@ -31,6 +31,7 @@ def main(argv):
     del argv
     job = json.loads(_JOB.value)
     start = time.perf_counter()
+    baseline = memory.resident_bytes() or memory.resident_peak_bytes()
     base = load_hf(_BASE.value)
     graphdef, state = nnx.split(base)
     data = [OrganismData(name=f"organism_{i}", examples=[{k: v for k, v in e.items() if k != "organism_id"}
@@ -46,7 +47,8 @@ def main(argv):
                                        log_every=10**9)
     for slot, organism in enumerate(data):
         save_peft(adapter, os.path.join(_WORKDIR.value, "peft", organism.name), slot=slot)
-    print(json.dumps({"seconds_in_process": time.perf_counter() - start, "steps": history[-1]["step"]}))
+    print(json.dumps({"seconds_in_process": time.perf_counter() - start, "steps": history[-1]["step"],
+                      "baseline_bytes": baseline, "peak_bytes": memory.resident_peak_bytes() - baseline}))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ia_jax import initializers
+from ia_jax.bench import memory
 from ia_jax.data.batching import Batcher
 from ia_jax.lora.adapter import LoraAdapter, LoraConfig, init_adapter
 from ia_jax.models.config import ModelConfig, to_hf_dict
@@ -112,10 +113,26 @@ def _organisms(model: ModelConfig, lora: LoraConfig, slots: int, seed: int) -> L
         lambda w: w + initializers.normal(jax.random.key(seed + 1), w.shape, w.dtype, 0.01), adapter.weights))
 
 
+class StepCall:
+    """One IA train step per call, each from the last one's state; `compiled_memory` says what XLA's
+    buffer assignment gives the step (its arguments, outputs and temporaries)."""
+
+    def __init__(self, trainer: ts.Trainer, state: ts.TrainState, frozen: dict, batch: dict, rng: jax.Array):
+        self._trainer, self._frozen, self._batch, self._rng = trainer, frozen, batch, rng
+        self._state = state
+        self._lowered = trainer.lower_step(state, frozen, batch, rng)
+
+    def __call__(self):
+        self._state, metrics = self._trainer.step(self._state, self._frozen, self._batch, self._rng)
+        return metrics
+
+    def compiled_memory(self) -> dict:
+        return memory.compiled_bytes(self._lowered.compile())
+
+
 def ia_train_step_call(base: CausalLM, batch: dict, objective: ts.Objective, *, organism_lora: LoraConfig,
-                       ia_lora: LoraConfig, slots: int, learning_rate: float, seed: int) -> Callable[[], object]:
-    """One IA train step (SFT or DPO objective) on `slots` frozen organisms, as the pipeline builds it;
-    each call takes the next step from the last one's state."""
+                       ia_lora: LoraConfig, slots: int, learning_rate: float, seed: int) -> StepCall:
+    """One IA train step (SFT or DPO objective) on `slots` frozen organisms, as the pipeline builds it."""
     graphdef, state = nnx.split(base)
     model = base.config
     organisms = _organisms(model, organism_lora, slots, seed)
@@ -127,15 +144,7 @@ def ia_train_step_call(base: CausalLM, batch: dict, objective: ts.Objective, *, 
     trainer = ts.Trainer(composition, objective, optimizer, make_mesh(data=-1, fsdp=1), base_state=state,
                          weights=weights, schedule=schedule)
     train_state, frozen = trainer.place(weights)
-    device_batch = trainer.put_batch(batch)
-    rng = jax.random.key(seed)
-    holder = {"state": train_state}
-
-    def step():
-        holder["state"], metrics = trainer.step(holder["state"], frozen, device_batch, rng)
-        return metrics
-
-    return step
+    return StepCall(trainer, train_state, frozen, trainer.put_batch(batch), jax.random.key(seed))
 
 
 def decode_call(base: CausalLM, *, batch_size: int, prompt_tokens: int, new_tokens: int, organism_lora: LoraConfig,

@@ -341,3 +341,8 @@ class Trainer:
 
     def step(self, state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
         return self._step(state, frozen, batch, rng)
+
+    def lower_step(self, state: TrainState, frozen: dict, batch: dict, rng: jax.Array):
+        """The step lowered for these arguments' shapes and shardings (nothing runs, nothing is
+        donated): what its compiled memory and cost analyses are read from."""
+        return self._step.lower(state, frozen, batch, rng)
