@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.organism_jobs = dict(count=32, examples_per_organism=8, seq_len=256, sequential_jobs=32)
     c.decode = dict(batch_sizes=(1, 8, 32), prompt_tokens=64, new_tokens=128)
     c.workloads = ("ia_sft", "dpo", "organisms", "decode")
+    # `python -m ia_jax.bench.curves`: our costs as the work grows (IA SFT at batch_size, the IA's alpha 2 x rank).
+    c.curves = dict(organisms=(1, 8, 32, 128), single_jobs=4, seq_lens=(256, 512, 1024, 2048), ranks=(4, 16, 64),
+                    decode_batches=(1, 8, 32, 64), warmup=0, repeats=2)
     c.reference = True  # also time transformers + peft on the same workloads
     # Workloads whose peak memory each side's own fresh process measures (memory.py; about 20 s each).
     c.memory = ("ia_sft", "dpo", "organisms", "decode")

@@ -24,5 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.peak_matmul_size = 256
     c.organism_jobs.update(count=2, examples_per_organism=2, seq_len=32, sequential_jobs=1)
     c.decode.update(batch_sizes=(1, 2), prompt_tokens=8, new_tokens=8)
+    c.curves.update(organisms=(1, 2), single_jobs=1, seq_lens=(16, 32), ranks=(2, 4), decode_batches=(1, 2))
     c.memory = ("ia_sft",)  # each measured workload costs two fresh processes
     return ml_collections.ConfigDict(c)

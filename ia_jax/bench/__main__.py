@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
 import jax
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from ia_jax.bench import calls, memory, report, torch_reference, workloads
+from ia_jax.bench import calls, machine, memory, report, workloads
 from ia_jax.models.config import ModelConfig
 from ia_jax.models.hf_checkpoint import save_hf
 
@@ -90,17 +86,6 @@ def dpo(c, model, base, peak) -> dict:
     return _step_workload(c, model, base, peak, "dpo", calls.dpo_sides(c, model, base))
 
 
-def _run_job(base_dir: str, workdir: str, job: dict) -> tuple[float, dict]:
-    """(wall seconds of the job's process, what it printed: its steps and memory)."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ia_jax.bench.organism_job", f"--base={base_dir}",
-                           f"--workdir={workdir}", f"--job={json.dumps(job)}"], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"organism job {job['organisms']} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def organisms(c, model, base, peak) -> dict:
     jobs = c.organism_jobs
     count, sequential = jobs.count, min(jobs.sequential_jobs, jobs.count)
@@ -108,15 +93,15 @@ def organisms(c, model, base, peak) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         save_hf(base, base_dir)
-        def single_job(i):
-            return _run_job(base_dir, os.path.join(scratch, f"single_{i}"), {**job, "organisms": [i]})
+        def run(name, organisms):
+            return calls.run_organism_job(base_dir, os.path.join(scratch, name), {**job, "organisms": organisms})
 
         # The single jobs run half before and half after the one job, so drift in the machine's speed
         # during the run weighs on both sides.
         before = sequential // 2
-        single = [single_job(i) for i in range(before)]
-        one_job, one_info = _run_job(base_dir, os.path.join(scratch, "all"), {**job, "organisms": list(range(count))})
-        single += [single_job(i) for i in range(before, sequential)]
+        single = [run(f"single_{i}", [i]) for i in range(before)]
+        one_job, one_info = run("all", list(range(count)))
+        single += [run(f"single_{i}", [i]) for i in range(before, sequential)]
     single_seconds = [seconds for seconds, _ in single]
     sequential_seconds = sum(single_seconds) * count / sequential
     costs = calls.organism_costs(one_job, single_seconds, count, calls.organism_step_flops(c, model) / peak)
@@ -164,34 +149,6 @@ def decode(c, model, base, peak) -> dict:
 _RUNNERS = {"ia_sft": ia_sft, "dpo": dpo, "organisms": organisms, "decode": decode}
 
 
-def measure_peak(c, model: ModelConfig) -> dict:
-    """This device's peak FLOP/s in the model's compute dtype, which MFU (both sides') is measured against:
-    the faster of a large matmul in JAX and, with the reference on, in torch, timed in turns.
-
-    One framework's matmul alone can understate the device: on the Intel Xeon VM, XLA:CPU multiplies
-    bfloat16 at about 230 GFLOP/s and torch (oneDNN on the AMX units) at 1870-2010, so against XLA's
-    peak the reference's bfloat16 step read an MFU of 151%; in float32 the two were 280 and 330."""
-    size = c.peak_matmul_size
-    calls = {"jax": workloads.matmul_call(size, model.compute_dtype)}
-    if c.reference:
-        calls["torch"] = torch_reference.matmul_call(size, model.dtype)
-    timed = workloads.interleaved(calls, warmup=2, repeats=10)
-    by_framework = {name: 2.0 * size**3 / min(times) for name, (_, times) in timed.items()}
-    return {"flops": max(by_framework.values()), "by_framework": by_framework}
-
-
-def machine() -> dict:
-    device = jax.devices()[0]
-    out = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "backend": jax.default_backend(), "device": device.device_kind,
-           "device_count": jax.device_count(), "jax": jax.__version__, "python": platform.python_version()}
-    try:
-        out["reference_device"] = torch_reference.device_name()
-    except ImportError as error:
-        out["reference_device"] = f"unavailable: {error}"
-    return out
-
-
 def main(argv):
     del argv
     c = _CONFIG.value
@@ -201,9 +158,9 @@ def main(argv):
             raise app.UsageError(f"--config.{field}: unknown {unknown}; choose from {list(_RUNNERS)}")
     model = ModelConfig(**c.model)
     base = workloads.base_model(model, c.seed)
-    results = {"config": c.to_dict(), "machine": machine(),
+    results = {"config": c.to_dict(), "machine": machine.describe(),
                "params": sum(x.size for x in jax.tree.leaves(nnx.state(base))), "workloads": {}}
-    measured = measure_peak(c, model)
+    measured = machine.measure_peak(c, model)
     results["peak_flops"], results["peak_flops_by_framework"] = measured["flops"], measured["by_framework"]
     print(f"peak matmul ({c.peak_matmul_size}^3, {model.dtype}): {measured['flops'] / 1e9:.1f} GFLOP/s ("
           + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in measured["by_framework"].items()) + ")", flush=True)

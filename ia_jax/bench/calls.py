@@ -8,6 +8,10 @@ exactly the same work. A side is a factory, not a call: building one costs a mod
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from typing import Callable
 
 import jax.numpy as jnp
@@ -102,6 +106,17 @@ def organism_job(c, seq_len: int | None = None) -> dict:
     return {"examples_per_organism": jobs.examples_per_organism, "seq_len": seq, "answer_tokens": seq // 2,
             "batch_size": c.batch_size, "lora": dict(c.organism_lora), "learning_rate": c.learning_rate,
             "seed": c.seed}
+
+
+def run_organism_job(base_dir: str, workdir: str, job: dict) -> tuple[float, dict]:
+    """Runs one job in a fresh process: (its wall seconds, what it printed: its steps and memory)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ia_jax.bench.organism_job", f"--base={base_dir}",
+                           f"--workdir={workdir}", f"--job={json.dumps(job)}"], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"organism job {job['organisms']} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def organism_step_flops(c, model: ModelConfig) -> float:
