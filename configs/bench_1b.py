@@ -28,4 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.repeats = 10
     c.decode.update(batch_sizes=(1, 8, 32), prompt_tokens=128, new_tokens=128)
     c.workloads = ("ia_sft", "dpo", "decode")
+    c.memory = ("ia_sft",)  # each measured workload loads the model twice more, in fresh processes
     return ml_collections.ConfigDict(c)

@@ -36,7 +36,7 @@ from ia_jax.models.hf_checkpoint import save_hf
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "bench.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Benchmark config (an ml_collections file).")
-_OUT = flags.DEFINE_string("out", "bench.json", "Where the results JSON goes (a PNG of the ratios goes beside it).")
+_OUT = flags.DEFINE_string("out", "bench.json", "Where the results JSON goes (a PNG of every row against its bound goes beside it).")
 
 
 def _summary(first: float, times: list[float]) -> dict:
@@ -59,7 +59,7 @@ def _process_memory(c, workload: str, entry: dict, batch_size: int | None = None
             memory.in_fresh_process(c.to_dict(), workload, side, batch_size=batch_size))
 
 
-def _step_workload(c, model, base, peak, name: str, sides: dict[str, calls.Factory]) -> dict:
+def _step_workload(c, model, peak, name: str, sides: dict[str, calls.Factory]) -> dict:
     step_flops = calls.step_flops(c, model, name)
     rows = calls.step_rows(c, name)
     # The bound: the step's model FLOPs at this run's measured peak.
@@ -79,11 +79,11 @@ def _step_workload(c, model, base, peak, name: str, sides: dict[str, calls.Facto
 
 
 def ia_sft(c, model, base, peak) -> dict:
-    return _step_workload(c, model, base, peak, "ia_sft", calls.sft_sides(c, model, base))
+    return _step_workload(c, model, peak, "ia_sft", calls.sft_sides(c, model, base))
 
 
 def dpo(c, model, base, peak) -> dict:
-    return _step_workload(c, model, base, peak, "dpo", calls.dpo_sides(c, model, base))
+    return _step_workload(c, model, peak, "dpo", calls.dpo_sides(c, model, base))
 
 
 def organisms(c, model, base, peak) -> dict:
@@ -93,6 +93,7 @@ def organisms(c, model, base, peak) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         save_hf(base, base_dir)
+
         def run(name, organisms):
             return calls.run_organism_job(base_dir, os.path.join(scratch, name), {**job, "organisms": organisms})
 
