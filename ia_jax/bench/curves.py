@@ -32,8 +32,6 @@ from ia_jax.models.hf_checkpoint import save_hf  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "bench.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Benchmark config (an ml_collections file).")
-_OUT = flags.DEFINE_string("out", "curves.json", "Where the results JSON goes (a PNG of the curves goes beside it).")
 
 
 def _timed(call, c) -> list[float]:
@@ -155,19 +153,19 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    c = _CONFIG.value
+    c, out = flags.FLAGS.config, flags.FLAGS.out
     model = ModelConfig(**c.model)
     base = workloads.base_model(model, c.seed)
     peak = machine.measure_peak(c, model)["flops"]
     results = {"config": c.to_dict(), "machine": machine.describe(), "peak_flops": peak,
                "curves": measure(c, model, base, peak)}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w", encoding="utf-8") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=float)
-    png = os.path.splitext(_OUT.value)[0] + ".png"
+    png = os.path.splitext(out)[0] + ".png"
     plot(results, png)
     print(summary(results))
-    print(f"wrote {_OUT.value} and {png}")
+    print(f"wrote {out} and {png}")
 
 
 def summary(results: dict) -> str:
@@ -186,4 +184,7 @@ def summary(results: dict) -> str:
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: the tests import this module beside others that define --config and --out.
+    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Benchmark config (an ml_collections file).")
+    flags.DEFINE_string("out", "curves.json", "Where the results JSON goes (a PNG of the curves goes beside it).")
     app.run(main)

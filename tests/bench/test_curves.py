@@ -1,39 +1,34 @@
-"""The cost curves: every point measured on the real step and sampler, the FLOP prediction anchored at
-the first point, the organism points assembled from the jobs' own reports, and the chart drawn."""
+"""`python -m ia_jax.bench.curves` end to end on the smoke config: every point of every curve measured on
+the real step, sampler and organism jobs, the FLOP prediction anchored at the first point, and the
+chart drawn. No speed is asserted."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from configs import bench_smoke  # noqa: I001 (configs/ is a top-level folder of the repository)
-from ia_jax.bench import calls, curves, workloads
-from ia_jax.models.config import ModelConfig
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
-def smoke_curves():
-    c = bench_smoke.get_config()
-    model = ModelConfig(**c.model)
-    base = workloads.base_model(model, c.seed)
-    jobs = []
-
-    def fake_run(base_dir, workdir, job):  # the job processes are the bench smoke test's; here, their bookkeeping
-        jobs.append(job["organisms"])
-        return 10.0 + 2.0 * len(job["organisms"]), {"peak_bytes": 2**20 * len(job["organisms"])}
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(calls, "run_organism_job", fake_run)
-    try:
-        measured = curves.measure(c, model, base, peak=1e11)
-    finally:
-        patch.undo()
-    return c, measured, jobs
+def smoke_curves(tmp_path_factory):
+    out = tmp_path_factory.mktemp("curves") / "curves.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
+    done = subprocess.run([sys.executable, "-m", "ia_jax.bench.curves", "--config=configs/bench_smoke.py",
+                           f"--out={out}"], cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text()), out, done.stdout
 
 
 def test_every_point_of_every_curve_is_measured(smoke_curves):
-    c, measured, _ = smoke_curves
-    assert [p["seq_len"] for p in measured["sft_seq"]] == list(c.curves.seq_lens)
-    assert [p["rank"] for p in measured["sft_rank"]] == list(c.curves.ranks)
+    results, _, _ = smoke_curves
+    c, measured = results["config"], results["curves"]
+    assert [p["seq_len"] for p in measured["sft_seq"]] == list(c["curves"]["seq_lens"])
+    assert [p["rank"] for p in measured["sft_rank"]] == list(c["curves"]["ranks"])
     for point in measured["sft_seq"] + measured["sft_rank"]:
-        assert len(point["times"]) == c.curves.repeats and point["seconds"] > 0 and point["memory"]["peak"] > 0
+        assert len(point["times"]) == c["curves"]["repeats"] and point["seconds"] > 0 and point["memory"]["peak"] > 0
     for key in ("sft_seq", "sft_rank"):
         points = measured[key]
         assert points[0]["over_flop_prediction"] == pytest.approx(1.0)
@@ -43,23 +38,23 @@ def test_every_point_of_every_curve_is_measured(smoke_curves):
     # a longer sequence needs more activation memory; a larger rank more adapter and optimizer memory
     assert measured["sft_seq"][-1]["memory"]["peak"] > measured["sft_seq"][0]["memory"]["peak"]
     assert measured["sft_rank"][-1]["memory"]["peak"] > measured["sft_rank"][0]["memory"]["peak"]
-    assert [p["batch_size"] for p in measured["decode"]] == list(c.curves.decode_batches)
+    assert [p["batch_size"] for p in measured["decode"]] == list(c["curves"]["decode_batches"])
     assert all(p["ours"]["tokens_per_second"] > 0 and p["floor"]["tokens_per_second"] > 0 for p in measured["decode"])
 
 
 def test_organism_points_put_one_job_beside_k_single_jobs(smoke_curves):
-    c, measured, jobs = smoke_curves
-    assert jobs == [[0], [0], [0, 1]]  # one single job timed, then a job per K
-    points = measured["organisms"]["points"]
-    assert [p["organisms"] for p in points] == [1, 2]
-    assert [p["single_jobs_seconds"] for p in points] == [12.0, 24.0]
-    assert [p["one_job_seconds"] for p in points] == [12.0, 14.0] and points[1]["one_job_bytes"] == 2 * 2**20
+    results, _, _ = smoke_curves
+    organisms = results["curves"]["organisms"]
+    single = organisms["single_job_seconds"]
+    assert len(single) == results["config"]["curves"]["single_jobs"]
+    points = organisms["points"]
+    assert [p["organisms"] for p in points] == list(results["config"]["curves"]["organisms"])
+    for point in points:
+        assert point["single_jobs_seconds"] == pytest.approx(point["organisms"] * sum(single) / len(single))
+        assert point["one_job_seconds"] > 0 and point["one_job_bytes"] > 0
 
 
-def test_the_chart_and_summary(smoke_curves, tmp_path):
-    c, measured, _ = smoke_curves
-    results = {"machine": {"device": "cpu", "processor": "x86_64"}, "curves": measured}
-    curves.plot(results, str(tmp_path / "curves.png"))
-    assert (tmp_path / "curves.png").stat().st_size > 0
-    text = curves.summary(results)
-    assert "IA SFT step against seq_len" in text and "decode against batch" in text
+def test_the_chart_and_summary(smoke_curves):
+    _, out, stdout = smoke_curves
+    assert os.path.getsize(os.path.splitext(out)[0] + ".png") > 0
+    assert "IA SFT step against seq_len" in stdout and "decode against batch" in stdout
