@@ -99,10 +99,10 @@ def decode_state_bytes(c, model: ModelConfig, params: int, batch_size: int) -> i
     return (params + adapters) * weight_bytes + cache * jnp.dtype(model.compute_dtype).itemsize
 
 
-def organism_job(c, seq_len: int | None = None) -> dict:
+def organism_job(c) -> dict:
     """The job description every organism-training process gets (`organism_job.py`)."""
     jobs = c.organism_jobs
-    seq = seq_len or jobs.seq_len
+    seq = jobs.seq_len
     return {"examples_per_organism": jobs.examples_per_organism, "seq_len": seq, "answer_tokens": seq // 2,
             "batch_size": c.batch_size, "lora": dict(c.organism_lora), "learning_rate": c.learning_rate,
             "seed": c.seed}

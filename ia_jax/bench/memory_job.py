@@ -48,8 +48,7 @@ def main(argv):
     model = ModelConfig(**c.model)
     side = _SIDE.value
     if side == "reference":
-        torch = torch_reference._torch()[0]
-        torch.zeros(1)
+        torch_reference.device_name()  # imports torch, transformers and peft before the baseline
     jax.devices()  # the backend's client is made here, not inside the first call
     baseline = memory.resident_bytes() or memory.resident_peak_bytes()
     call = _factory(c, model, side)()
@@ -71,7 +70,8 @@ def main(argv):
 def _device_peak_bytes(side: str) -> int | None:
     """On an accelerator, the side's own allocator's peak (what its memory is planned by there)."""
     if side == "reference":
-        torch = torch_reference._torch()[0]
+        import torch  # the reference side has imported it already
+
         return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None

@@ -59,8 +59,9 @@ def _mib(value) -> str:
 
 
 def _steady(side: dict) -> float | None:
-    measured = side.get("memory", {})
-    return measured.get("steady_bytes", measured.get("first_call_bytes"))
+    measured = side.get("memory", {})  # the first call's where the OS could not reset the peak
+    steady = measured.get("steady_bytes")
+    return steady if steady is not None else measured.get("first_call_bytes")
 
 
 def _memory_row(name: str, r: dict, bound: float | None, bound_text: str) -> Row | None:

@@ -120,14 +120,18 @@ class StepCall:
     def __init__(self, trainer: ts.Trainer, state: ts.TrainState, frozen: dict, batch: dict, rng: jax.Array):
         self._trainer, self._frozen, self._batch, self._rng = trainer, frozen, batch, rng
         self._state = state
-        self._lowered = trainer.lower_step(state, frozen, batch, rng)
+        # The step donates its state, so what `compiled_memory` lowers for is kept as shapes.
+        self._state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                          state)
 
     def __call__(self):
         self._state, metrics = self._trainer.step(self._state, self._frozen, self._batch, self._rng)
         return metrics
 
     def compiled_memory(self) -> dict:
-        return memory.compiled_bytes(self._lowered.compile())
+        """Lowered and compiled anew (a compile's worth of seconds), only when asked."""
+        lowered = self._trainer.lower_step(self._state_shapes, self._frozen, self._batch, self._rng)
+        return memory.compiled_bytes(lowered.compile())
 
 
 def ia_train_step_call(base: CausalLM, batch: dict, objective: ts.Objective, *, organism_lora: LoraConfig,
